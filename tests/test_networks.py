@@ -116,18 +116,18 @@ def test_teacher_loads_hf_timm_and_meta_layouts(tmp_path):
 
 
 def test_teacher_path_errors(tmp_path):
-    with pytest.raises(ValueError, match="teacher#weights_path"):
+    with pytest.raises(ValueError, match="teacher_weights"):
         DINOv3Teacher(arch="vitb16")
-    with pytest.raises(ValueError, match=r"not found at .*nowhere.*teacher#weights_path"):
+    with pytest.raises(ValueError, match=r"not found at .*nowhere.*teacher_weights"):
         DINOv3Teacher(tmp_path / "nowhere", arch="vitb16")
     hf = DINOv3Teacher(arch="tiny", random_init=True)
     hf.model.save_pretrained(tmp_path / "hf")
-    with pytest.raises(ValueError, match="teacher#arch"):
+    with pytest.raises(ValueError, match="teacher_arch"):
         DINOv3Teacher(tmp_path / "hf", arch="vits16")  # width 32 checkpoint named as ViT-S (384)
     torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"bad\.pth"):
         DINOv3Teacher(tmp_path / "bad.pth", arch="tiny")
-    with pytest.raises(ValueError, match="teacher#arch"):
+    with pytest.raises(ValueError, match="teacher_arch"):
         DINOv3Teacher(arch="vit_unknown", random_init=True)
 
 

@@ -67,7 +67,7 @@ class DiffMedTrainer(SupervisedTrainer):
         if teacher_dim is not None and student_dim is not None and teacher_dim != student_dim:
             raise ValueError(
                 f"The teacher ({getattr(teacher, 'arch_name', '?')}) has width {teacher_dim} but the student projects "
-                f"to {student_dim}: set `teacher_dim` (network_def#teacher_dim) to {teacher_dim} or change `teacher#arch`."
+                f"to {student_dim}: set `teacher_dim` (network_def#teacher_dim) to {teacher_dim} or change `teacher_arch`."
             )
         self.teacher = teacher.to(self.state.device)
         self.modality_dropout = modality_dropout

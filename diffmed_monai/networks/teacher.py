@@ -43,7 +43,7 @@ TEACHER_ARCHS: dict[str, TeacherArch] = {
 
 def _arch(arch: str) -> TeacherArch:
     if arch not in TEACHER_ARCHS:
-        raise ValueError(f"Unknown teacher architecture {arch!r} (config key `teacher#arch`); choose one of {sorted(TEACHER_ARCHS)}.")
+        raise ValueError(f"Unknown teacher architecture {arch!r} (config key `teacher_arch`); choose one of {sorted(TEACHER_ARCHS)}.")
     return TEACHER_ARCHS[arch]
 
 
@@ -115,9 +115,9 @@ class DINOv3Teacher(nn.Module):
         if weights_path is None:
             if not random_init:
                 raise ValueError(
-                    "No DINOv3 teacher weights given: set config key `teacher#weights_path` to a local Hugging Face "
+                    "No DINOv3 teacher weights given: set config key `teacher_weights` to a local Hugging Face "
                     "DINOv3ViTModel folder, a timm checkpoint or Meta's original .pth (weights are never downloaded), "
-                    "or set `teacher#random_init` to true for an untrained teacher (tests and demo only)."
+                    "or set `teacher_random_init` to true for an untrained teacher (tests and demo only)."
                 )
             self.backend = "timm" if backend == "timm" else "hf"
             self.model = build_timm_teacher_model(arch) if self.backend == "timm" else build_tiny_hf_teacher_model(arch)
@@ -129,7 +129,7 @@ class DINOv3Teacher(nn.Module):
             weights_path = os.fspath(weights_path)
             if not os.path.exists(weights_path):
                 raise ValueError(
-                    f"DINOv3 teacher weights not found at {weights_path!r} (config key `teacher#weights_path`). "
+                    f"DINOv3 teacher weights not found at {weights_path!r} (config key `teacher_weights`). "
                     "Point it to a local Hugging Face folder, a timm checkpoint or Meta's .pth; nothing is downloaded."
                 )
             is_dir = os.path.isdir(weights_path)
@@ -144,8 +144,8 @@ class DINOv3Teacher(nn.Module):
         )
         if self.hidden_size != arch_spec.hidden_size:
             raise ValueError(
-                f"Teacher weights {weights_path!r} have width {self.hidden_size}, but `teacher#arch`={arch!r} has "
-                f"width {arch_spec.hidden_size}; set `teacher#arch` to the architecture of the checkpoint."
+                f"Teacher weights {weights_path!r} have width {self.hidden_size}, but `teacher_arch`={arch!r} has "
+                f"width {arch_spec.hidden_size}; set `teacher_arch` to the architecture of the checkpoint."
             )
         self.num_prefix_tokens = (
             1 + int(self.model.config.num_register_tokens) if self.backend == "hf" else int(self.model.num_prefix_tokens)
@@ -164,8 +164,8 @@ class DINOv3Teacher(nn.Module):
             return build_timm_teacher_model(arch, weights_file=path)
         except (RuntimeError, OSError, KeyError, ValueError) as err:
             raise ValueError(
-                f"Could not load DINOv3 teacher weights from {path!r} (config key `teacher#weights_path`) as "
-                f"`teacher#arch`={arch!r} with the {self.backend} backend: {err}"
+                f"Could not load DINOv3 teacher weights from {path!r} (config key `teacher_weights`) as "
+                f"`teacher_arch`={arch!r} with the {self.backend} backend: {err}"
             ) from err
 
     def train(self, mode: bool = True) -> DINOv3Teacher:  # noqa: ARG002 - always eval (RoPE jitter in train mode)
