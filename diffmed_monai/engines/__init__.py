@@ -1,6 +1,6 @@
 """Training engine and handlers for DiffMedDINOv3 bundles."""
 
-from .handlers import ResumableCheckpoint, channel_output_transform, latest_checkpoint, per_class_dice
+from .handlers import ResumableCheckpoint, channel_output_transform, latest_checkpoint
 from .trainer import DiffMedTrainer, sample_modality_mask
 
 __all__ = [
@@ -8,6 +8,5 @@ __all__ = [
     "ResumableCheckpoint",
     "channel_output_transform",
     "latest_checkpoint",
-    "per_class_dice",
     "sample_modality_mask",
 ]

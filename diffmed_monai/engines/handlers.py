@@ -11,7 +11,7 @@ import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["ResumableCheckpoint", "channel_output_transform", "latest_checkpoint", "per_class_dice"]
+__all__ = ["ResumableCheckpoint", "channel_output_transform", "latest_checkpoint"]
 
 logger = logging.getLogger("diffmed_monai.engines")
 
@@ -64,30 +64,16 @@ class ResumableCheckpoint:
         ).attach(engine)
 
 
-def channel_output_transform(channel: int) -> Callable:
-    """Output transform for a per-class metric: one-hot ``pred``/``label`` lists -> that channel only.
+def channel_output_transform(channel: int, pred_key: str = Keys.PRED, label_key: str = Keys.LABEL) -> Callable:
+    """Output transform for a per-class metric: one-hot ``pred``/``label`` lists -> channel ``channel`` only.
 
-    Use with ``MeanDice(include_background=True, output_transform=...)`` after decollating post-processing.
+    Use with MONAI metric handlers (``include_background=True``) after decollating post-processing.
     """
 
     def _transform(output):
         items = output if isinstance(output, list) else [output]
-        preds = [torch.as_tensor(item[Keys.PRED])[channel : channel + 1] for item in items]
-        labels = [torch.as_tensor(item[Keys.LABEL])[channel : channel + 1] for item in items]
+        preds = [torch.as_tensor(item[pred_key])[channel : channel + 1] for item in items]
+        labels = [torch.as_tensor(item[label_key])[channel : channel + 1] for item in items]
         return preds, labels
 
     return _transform
-
-
-def per_class_dice(class_names, prefix: str = "val_dice_") -> dict:
-    """``{prefix + name: MeanDice}`` for every foreground class (index >= 1) of ``class_names``.
-
-    Each metric reads one channel of the one-hot ``pred``/``label`` (see :func:`channel_output_transform`).
-    """
-    from monai.handlers import MeanDice
-
-    return {
-        f"{prefix}{name}": MeanDice(include_background=True, output_transform=channel_output_transform(i))
-        for i, name in enumerate(class_names)
-        if i > 0
-    }

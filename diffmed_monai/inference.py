@@ -1,0 +1,102 @@
+"""Inference inputs: find the cases, validate each one, and report the ones that could not be processed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+from .transforms.io import output_path_for
+
+__all__ = ["InferenceCases", "require_file"]
+
+logger = logging.getLogger("diffmed_monai.inference")
+
+
+def require_file(path: str, key: str) -> str:
+    """Return ``path`` if it is a file, else raise a ``FileNotFoundError`` naming the config ``key``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} does not exist (config key `{key}`).")
+    return path
+
+
+class InferenceCases:
+    """The cases an inference run will process, validated before any of them runs.
+
+    Cases come from ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``) or, when no
+    datalist is given, from scanning ``dataset_dir`` (one folder per case with ``<case>_<modality>.nii.gz`` files,
+    or one 4D NIfTI per case). Each case is checked with :func:`diffmed_monai.data.check_case` (readable, 3D or
+    one 4D file, matching shapes and affines, finite voxels) and its output path must not be one of its inputs.
+    Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
+    (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``image_paths``.
+    :meth:`report` (the bundle's ``finalize``) raises if any case failed, after all others were written.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        modalities: Sequence[str],
+        output_dir: str,
+        datalist: str | None = None,
+        datalist_key: str = "testing",
+        output_postfix: str = "seg",
+        check_finite: bool = True,
+    ) -> None:
+        from .data import check_case, scan_folder
+
+        self.output_dir = output_dir
+        self.failures: list[tuple[str, str]] = []
+        self.valid: list[dict] = []
+        if datalist:
+            require_file(datalist, "datalist")
+            with open(datalist) as f:
+                content = json.load(f)
+            if datalist_key not in content:
+                raise ValueError(f"Datalist {datalist} has no {datalist_key!r} list (config key `datalist_key`).")
+            cases = content[datalist_key]
+        else:
+            if not os.path.isdir(dataset_dir):
+                raise FileNotFoundError(f"Input folder {dataset_dir!r} does not exist (config key `dataset_dir`).")
+            cases, skipped = scan_folder(dataset_dir, list(modalities))
+            for folder, reason in skipped:
+                self._fail(os.path.basename(str(folder)), reason)
+        for i, case in enumerate(cases):
+            case_id = str(case.get("case_id") or _case_id_from(case.get("image"), i))
+            try:
+                check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite)
+                paths = case["image"] if isinstance(case["image"], list) else [case["image"]]
+                paths = [os.path.abspath(os.path.join(dataset_dir, p)) for p in paths]
+                out = output_path_for(output_dir, case_id, output_postfix)
+                if os.path.realpath(out) in {os.path.realpath(p) for p in paths}:
+                    raise ValueError(f"Case {case_id}: output {out} would overwrite its input; change `output_dir`.")
+            except (ValueError, OSError) as err:
+                self._fail(case_id, str(err))
+                continue
+            self.valid.append(
+                {"case_id": case_id, "image": paths if len(paths) > 1 else paths[0], "reference": paths[0],
+                 "image_paths": paths}
+            )
+        logger.info("%d case(s) to segment, %d refused.", len(self.valid), len(self.failures))
+
+    def _fail(self, case_id: str, reason: str) -> None:
+        logger.error("Case %s skipped: %s", case_id, reason)
+        self.failures.append((case_id, reason))
+
+    def report(self) -> None:
+        """Log the outcome; raise ``RuntimeError`` listing every refused case if there was any."""
+        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(self.valid))
+        if self.failures:
+            details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
+            raise RuntimeError(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
+
+
+def _case_id_from(image, index: int) -> str:
+    first = image[0] if isinstance(image, list) else image
+    if not first:
+        return f"case_{index:04d}"
+    name = os.path.basename(str(first))
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name.rsplit("_", 1)[0] if isinstance(image, list) else name

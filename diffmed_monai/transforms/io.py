@@ -1,0 +1,104 @@
+"""Atomic label-map writer that keeps the input's affine and header."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["SaveLabelNiftid", "output_path_for", "write_nifti_atomic"]
+
+logger = logging.getLogger("diffmed_monai.inference")
+
+
+def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: str = ".nii.gz") -> str:
+    """``<output_dir>/<case_id>_<postfix><ext>`` (no postfix part when ``postfix`` is empty)."""
+    name = f"{case_id}_{postfix}{ext}" if postfix else f"{case_id}{ext}"
+    return os.path.join(output_dir, name)
+
+
+def write_nifti_atomic(image: nib.Nifti1Image, path: str) -> None:
+    """Save ``image`` to a temporary file beside ``path`` and rename it over ``path``: no half-written outputs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class SaveLabelNiftid(MapTransform):
+    """Write a label map as uint8 NIfTI with the reference input's affine and header, atomically.
+
+    Expects the item (after ``Invertd``) to hold ``key`` as a ``(1, X, Y, Z)`` or ``(X, Y, Z)`` label map in the
+    original voxel grid, the reference input path under ``reference_key`` and the case id under ``case_id_key``.
+    The header is copied from the reference (so sform/qform codes, units and description survive), the data type
+    set to uint8 and scaling reset. It refuses to write over any input file named in ``input_paths_key`` and
+    checks that the shape equals the reference's spatial shape.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        reference_key: str = "reference",
+        case_id_key: str = "case_id",
+        input_paths_key: str = "image_paths",
+        output_postfix: str = "seg",
+        output_ext: str = ".nii.gz",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = output_dir
+        self.reference_key = reference_key
+        self.case_id_key = case_id_key
+        self.input_paths_key = input_paths_key
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            reference = str(d[self.reference_key])
+            case_id = str(d[self.case_id_key])
+            path = output_path_for(self.output_dir, case_id, self.output_postfix, self.output_ext)
+            inputs = d.get(self.input_paths_key) or [reference]
+            inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+            if os.path.realpath(path) in {os.path.realpath(str(p)) for p in inputs}:
+                raise ValueError(f"Case {case_id}: output {path} is one of its inputs; change `output_dir`.")
+            labels = np.asarray(d[key].detach().cpu() if hasattr(d[key], "detach") else d[key])
+            if labels.ndim == 4 and labels.shape[0] == 1:
+                labels = labels[0]
+            ref = nib.load(reference)
+            if labels.shape != tuple(ref.shape[:3]):
+                raise ValueError(
+                    f"Case {case_id}: prediction shape {labels.shape} differs from the input {reference} "
+                    f"{tuple(ref.shape[:3])}; the inverse transforms did not restore the grid."
+                )
+            if labels.min() < 0 or labels.max() > 255:
+                raise ValueError(f"Case {case_id}: label values outside uint8 range; check `label_values`.")
+            header = ref.header.copy()
+            header.set_data_dtype(np.uint8)
+            header.set_slope_inter(1.0, 0.0)
+            header["cal_min"], header["cal_max"] = 0, 0
+            out = nib.Nifti1Image(np.rint(labels).astype(np.uint8), ref.affine, header)
+            sform, scode = ref.header.get_sform(coded=True)
+            qform, qcode = ref.header.get_qform(coded=True)
+            out.set_sform(ref.affine if sform is None else sform, int(scode) if scode else 1)
+            out.set_qform(ref.affine if qform is None else qform, int(qcode) if qcode else 1)
+            write_nifti_atomic(out, path)
+            logger.info("Case %s: wrote %s", case_id, path)
+            d[f"{key}_path"] = path
+        return d
