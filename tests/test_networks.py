@@ -173,7 +173,7 @@ def test_trace_export_matches_eager(tmp_path):
 
 
 def test_bad_input_is_refused():
-    net = make_net()
+    net = make_net().eval()
     with pytest.raises(ValueError, match="expects 4 modalities"):
         net(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="divisible by 16"):

@@ -62,13 +62,11 @@ class DiffusionKDLoss(nn.Module):
                 dist.all_reduce(stats)
                 mean, sq = stats / dist.get_world_size()
             var = (sq - mean.pow(2)).clamp_min(0)
-            if bool(self.initialized):
-                self.running_mean.lerp_(mean, self.ema_momentum)
-                self.running_var.lerp_(var, self.ema_momentum)
-            else:
-                self.running_mean.copy_(mean)
-                self.running_var.copy_(var)
-                self.initialized.fill_(True)
+            # first batch: take its statistics; later: EMA. No host sync (the flag stays on the device).
+            weight = torch.where(self.initialized, self.ema_momentum, 1.0).to(mean)
+            self.running_mean.lerp_(mean, weight)
+            self.running_var.lerp_(var, weight)
+            self.initialized.fill_(True)
         mean = self.running_mean[None, :, :, None, None]
         std = self.running_var.clamp_min(1e-6).sqrt()[None, :, :, None, None]
         return (teacher - mean) / std

@@ -47,7 +47,8 @@ class DiffMedDINOv3(nn.Module):
         decoder: ``"mlp"`` (paper) or ``"mlp_multiscale"`` (also uses the stride-4/8 student maps).
         decoder_dim: decoder embedding width.
         use_checkpoint: gradient checkpointing in the Swin students.
-        check_inputs: validate shapes and finiteness at each call (skipped while tracing).
+        check_inputs: validate shapes at each call, and in eval mode finiteness too (a host sync; training
+            data is checked before training starts); skipped while tracing or compiling.
 
     Forward input: ``image`` ``(B, M, H, W)``, H and W multiples of 16; optional ``modality_mask`` ``(B, M)``
     (1 present, 0 absent: the absent branch is replaced by the mean of the present modalities' features).
@@ -155,7 +156,7 @@ class DiffMedDINOv3(nn.Module):
                 f"`image` spatial size {h}x{w} is not divisible by {self.stride}; pad or crop slices to a multiple "
                 "of 16 (config key `roi_size`)."
             )
-        if not torch.isfinite(image).all():
+        if not self.training and not bool(torch.isfinite(image).all()):  # training data is checked up front
             raise ValueError("`image` contains NaN or inf values; check the input volumes and the normalisation.")
         if modality_mask is not None:
             if tuple(modality_mask.shape) != (image.shape[0], self.num_modalities):
@@ -163,7 +164,7 @@ class DiffMedDINOv3(nn.Module):
                     f"`modality_mask` must be (B, M)=({image.shape[0]}, {self.num_modalities}), "
                     f"got {tuple(modality_mask.shape)}."
                 )
-            if not bool((modality_mask.sum(1) > 0).all()):
+            if not self.training and not bool((modality_mask.sum(1) > 0).all()):
                 raise ValueError("`modality_mask` marks every modality of a sample absent; keep at least one.")
 
     def encode(self, image: torch.Tensor, modality_mask: torch.Tensor | None = None):
