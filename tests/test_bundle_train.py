@@ -1,0 +1,158 @@
+"""Training bundle: presets resolve, a 2-epoch tiny run learns and checkpoints, resume, DDP, bad data refused."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .helpers import BUNDLE, PRESETS, workflow
+
+TRAIN = BUNDLE / "configs" / "train.json"
+TINY = PRESETS / "tiny.json"
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from diffmed_monai.data import make_demo_dataset, scan_brats, split_cases, write_datalist
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(str(root), num_cases=6, seed=0)
+    cases, _ = scan_brats(str(root))
+    train, val = split_cases(cases, val_fraction=0.34, seed=0)
+    write_datalist(str(root / "datalist.json"), train, val, test=val)
+    return root
+
+
+def _chain(error: BaseException) -> str:
+    """All messages of an exception and its causes (MONAI wraps instantiation errors)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def _tb_scalars(log_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(path)
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return [v for _, v in sorted(values)]
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS.glob("*.json")))
+def test_every_preset_parses_and_resolves(preset):
+    from monai.bundle import ConfigParser
+
+    for base in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / base), str(PRESETS / preset)])
+        parser.parse()
+        net = parser.get_parsed_content("network_def", instantiate=False)
+        assert net is not None
+        if base == "train.json":
+            parser.get_parsed_content("train#preprocessing")
+            parser.get_parsed_content("validate#inferer")
+            loss = parser.get_parsed_content("loss")
+            assert loss.kd.teacher_dim == parser.get_parsed_content("teacher_dim")
+            assert parser.get_parsed_content("num_classes") == len(parser.get_parsed_content("class_names"))
+        else:
+            parser.get_parsed_content("preprocessing")
+    if preset.startswith("teacher_"):  # real teachers need local weights: a clear error names the key
+        parser = ConfigParser()
+        parser.read_config([str(TRAIN), str(PRESETS / preset)])
+        with pytest.raises(Exception) as err:
+            parser.get_parsed_content("teacher")
+        assert "teacher_weights" in _chain(err.value)
+
+
+@pytest.mark.slow
+def test_two_epoch_tiny_training_run(demo_data, tmp_path):
+    wf = workflow([TRAIN, TINY], bundle_root=str(tmp_path), dataset_dir=str(demo_data), epochs=2, val_interval=1)
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    wf.finalize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert os.path.isfile(tmp_path / "models" / "checkpoint_epoch=2.pt")
+    assert os.path.isfile(tmp_path / "models" / "model.pt")
+    saved = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert set(saved) == {"model", "optimizer", "loss", "trainer"}
+    assert not any(k.startswith("teacher") for k in saved["model"])
+    losses = _tb_scalars(str(tmp_path / "eval" / "tensorboard"), "train_loss")
+    per_epoch = len(losses) // 2
+    assert per_epoch >= 2
+    first, last = sum(losses[:per_epoch]) / per_epoch, sum(losses[per_epoch:]) / per_epoch
+    assert last < first, losses
+    assert _tb_scalars(str(tmp_path / "eval" / "tensorboard"), "loss_kd")
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_saved_epoch(demo_data, tmp_path):
+    overrides = dict(bundle_root=str(tmp_path), dataset_dir=str(demo_data), epochs=2, val_interval=5)
+    wf = workflow([TRAIN, TINY], **overrides)
+    wf.initialize()
+    handlers = wf.parser.get_parsed_content("train#handlers")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    from .helpers import InterruptAt
+
+    InterruptAt(epoch=2).attach(trainer)
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert "simulated interruption" in _chain(err.value)
+    assert os.path.isfile(tmp_path / "models" / "checkpoint_epoch=1.pt")
+    epoch_length = trainer.state.epoch_length
+
+    wf2 = workflow([TRAIN, TINY], **overrides)
+    wf2.initialize()
+    wf2.run()
+    resumed = [h for h in wf2.parser.get_parsed_content("train#handlers") if hasattr(h, "loaded_path")][0]
+    assert resumed.loaded_path.endswith("checkpoint_epoch=1.pt")
+    trainer2 = wf2.parser.get_parsed_content("train#trainer")
+    assert trainer2.state.epoch == 2 and trainer2.state.iteration == 2 * epoch_length
+    assert handlers  # the first run's handlers were built
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", json.dumps([str(TRAIN), str(BUNDLE / "configs" / "multi_gpu_train.json"), str(TINY)]),
+        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+        "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
+        "--bundle_root", str(tmp_path), "--dataset_dir", str(demo_data), "--epochs", "1",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "models" / "checkpoint_epoch=1.pt")
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # DDP wrapper not in the published weights
+
+
+def test_bad_training_data_stops_before_training(demo_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    content = json.loads((data / "datalist.json").read_text())
+    victim = content["training"][0]["image"][2]
+    os.remove(data / victim)
+    wf = workflow([TRAIN, TINY], bundle_root=str(tmp_path / "run"), dataset_dir=str(data))
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+        wf.run()
+    message = _chain(err.value)
+    assert os.path.basename(victim) in message
+    assert not os.path.exists(tmp_path / "run" / "models")

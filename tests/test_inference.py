@@ -1,0 +1,138 @@
+"""Inference on NIfTI volumes: outputs keep the input geometry, inverse transforms are exact, bad cases isolated."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from .helpers import BUNDLE, PRESETS, workflow
+
+INFER = BUNDLE / "configs" / "inference.json"
+TINY = PRESETS / "tiny.json"
+BRATS_LABELS = {0, 1, 2, 4}
+
+
+def _tiny_checkpoint(path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(INFER), str(TINY)])
+    net = parser.get_parsed_content("network_def")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+def _run_inference(dataset_dir, output_dir, ckpt, **override):
+    wf = workflow([INFER, TINY], workflow_type="infer", bundle_root=str(output_dir.parent),
+                  dataset_dir=str(dataset_dir), output_dir=str(output_dir), ckpt_path=str(ckpt), num_workers=0,
+                  **override)
+    wf.initialize()
+    wf.run()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def demo_cases(tmp_path_factory):
+    from diffmed_monai.data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("cases")
+    make_demo_dataset(str(root), num_cases=2, seed=3)
+    return root
+
+
+def test_inference_writes_label_per_case_with_input_geometry(demo_cases, tmp_path):
+    ckpt = tmp_path / "models" / "model.pt"
+    _tiny_checkpoint(ckpt)
+    out_dir = tmp_path / "pred"
+    wf = _run_inference(demo_cases, out_dir, ckpt)
+    assert not wf.check_properties()
+    wf.finalize()
+    cases = sorted(d for d in os.listdir(demo_cases) if os.path.isdir(demo_cases / d))
+    written = sorted(os.listdir(out_dir))
+    assert written == [f"{c}_seg.nii.gz" for c in cases]
+    for case in cases:
+        ref = nib.load(demo_cases / case / f"{case}_t1.nii.gz")
+        out = nib.load(out_dir / f"{case}_seg.nii.gz")
+        assert out.shape == ref.shape
+        assert np.array_equal(out.affine, ref.affine)
+        assert out.get_data_dtype() == np.uint8
+        assert out.header.get_sform(coded=True)[1] == ref.header.get_sform(coded=True)[1]
+        assert out.header.get_qform(coded=True)[1] == ref.header.get_qform(coded=True)[1]
+        assert np.allclose(out.header.get_zooms(), ref.header.get_zooms())
+        assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= BRATS_LABELS
+    for case in cases:  # inputs untouched
+        assert sorted(os.listdir(demo_cases / case)) == sorted(
+            f"{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg"))
+
+
+def test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case(tmp_path):
+    """LPS-ordered, 2 x 2 x 3 mm case -> RAS 1 mm for the network -> back: every voxel returns to its place."""
+    rng = np.random.default_rng(0)
+    shape = (20, 24, 10)
+    labels = np.zeros(shape, np.uint8)
+    labels[4:15, 5:18, 2:8] = 2
+    labels[6:12, 8:14, 3:7] = 1
+    labels[8:10, 9:12, 4:6] = 4
+    labels[0, 0, 0] = 4  # a corner voxel must survive too
+    affine = np.array([[-2.0, 0, 0, 90], [0, -2.0, 0, 120], [0, 0, 3.0, -20], [0, 0, 0, 1]])
+    case = tmp_path / "cases" / "case_001"
+    case.mkdir(parents=True)
+    class_index = np.searchsorted([0, 1, 2, 4], labels).astype(np.float32)
+    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), case / "case_001_t1.nii.gz")
+    nib.save(nib.Nifti1Image(class_index, affine), case / "case_001_seg.nii.gz")  # the oracle reads this channel
+    ckpt = tmp_path / "models" / "model.pt"
+    os.makedirs(ckpt.parent)
+    torch.save({}, ckpt)
+    oracle = {"_target_": "tests.helpers.OracleNet", "num_classes": 4}
+    _run_inference(tmp_path / "cases", tmp_path / "pred", ckpt, modalities=["t1", "seg"], network_def=oracle,
+                   intensity_transforms=[], pixdim=[1.0, 1.0, 1.0], roi_size=[48, 48])
+    out = nib.load(tmp_path / "pred" / "case_001_seg.nii.gz")
+    assert np.array_equal(out.affine, affine)
+    assert np.array_equal(np.asarray(out.dataobj), labels)
+
+
+def test_bad_cases_are_refused_while_good_cases_are_written(demo_cases, tmp_path):
+    import shutil
+
+    data = tmp_path / "cases"
+    shutil.copytree(demo_cases, data)
+    good, bad = sorted(d for d in os.listdir(data))
+    # a second bad case: truncated file; a third: 2D image
+    os.remove(data / bad / f"{bad}_t2.nii.gz")
+    trunc = data / "BraTS2021_09998"
+    shutil.copytree(data / good, trunc)
+    for name in os.listdir(trunc):
+        os.rename(trunc / name, trunc / name.replace(good, "BraTS2021_09998"))
+    raw = (trunc / "BraTS2021_09998_flair.nii.gz").read_bytes()
+    (trunc / "BraTS2021_09998_flair.nii.gz").write_bytes(raw[: len(raw) // 3])
+    flat = data / "BraTS2021_09999"
+    flat.mkdir()
+    for m in ("t1", "t1ce", "t2", "flair"):
+        nib.save(nib.Nifti1Image(np.ones((16, 16), np.float32), np.eye(4)), flat / f"BraTS2021_09999_{m}.nii.gz")
+    ckpt = tmp_path / "models" / "model.pt"
+    _tiny_checkpoint(ckpt)
+    wf = _run_inference(data, tmp_path / "pred", ckpt)
+    with pytest.raises(RuntimeError) as err:
+        wf.finalize()
+    message = str(err.value)
+    for case in (bad, "BraTS2021_09998", "BraTS2021_09999"):
+        assert case in message
+    assert "t2" in message and "flair" in message
+    assert sorted(os.listdir(tmp_path / "pred")) == [f"{good}_seg.nii.gz"]  # no temp or partial files
+
+
+def test_output_equal_to_input_is_refused(demo_cases, tmp_path):
+    from diffmed_monai.inference import InferenceCases
+
+    case = sorted(os.listdir(demo_cases))[0]
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"testing": [{"case_id": f"{case}_t1", "image": [
+        f"{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]}]}))
+    cases = InferenceCases(str(demo_cases), ["t1", "t1ce", "t2", "flair"], output_dir=str(demo_cases / case),
+                           datalist=str(datalist), output_postfix="")
+    assert not cases.valid and "overwrite its input" in cases.failures[0][1]
