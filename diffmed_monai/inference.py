@@ -29,7 +29,7 @@ class InferenceCases:
     or one 4D NIfTI per case). Each case is checked with :func:`diffmed_monai.data.check_case` (readable, 3D or
     one 4D file, matching shapes and affines, finite voxels) and its output path must not be one of its inputs.
     Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
-    (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``image_paths``.
+    (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``input_files``.
     :meth:`report` (the bundle's ``finalize``) raises if any case failed, after all others were written.
     """
 
@@ -75,7 +75,7 @@ class InferenceCases:
                 continue
             self.valid.append(
                 {"case_id": case_id, "image": paths if len(paths) > 1 else paths[0], "reference": paths[0],
-                 "image_paths": paths}
+                 "input_files": paths}
             )
         logger.info("%d case(s) to segment, %d refused.", len(self.valid), len(self.failures))
 

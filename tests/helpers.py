@@ -12,6 +12,15 @@ BUNDLE = REPO / "bundle"
 PRESETS = REPO / "configs"
 
 
+def error_chain(error: BaseException) -> str:
+    """All messages of an exception and its causes (MONAI wraps instantiation errors)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
 def workflow(config_files, workflow_type="train", **override):
     """An initialised MONAI ``ConfigWorkflow`` over the given config files (later files win)."""
     from monai.bundle import ConfigWorkflow

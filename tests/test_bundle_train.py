@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from .helpers import BUNDLE, PRESETS, workflow
+from .helpers import BUNDLE, PRESETS, error_chain, workflow
 
 TRAIN = BUNDLE / "configs" / "train.json"
 TINY = PRESETS / "tiny.json"
@@ -28,15 +28,6 @@ def demo_data(tmp_path_factory):
     train, val = split_cases(cases, val_fraction=0.34, seed=0)
     write_datalist(str(root / "datalist.json"), train, val, test=val)
     return root
-
-
-def _chain(error: BaseException) -> str:
-    """All messages of an exception and its causes (MONAI wraps instantiation errors)."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
 
 
 def _tb_scalars(log_dir, tag):
@@ -74,7 +65,7 @@ def test_every_preset_parses_and_resolves(preset):
         parser.read_config([str(TRAIN), str(PRESETS / preset)])
         with pytest.raises(Exception) as err:
             parser.get_parsed_content("teacher")
-        assert "teacher_weights" in _chain(err.value)
+        assert "teacher_weights" in error_chain(err.value)
 
 
 @pytest.mark.slow
@@ -111,7 +102,7 @@ def test_interrupted_run_resumes_from_saved_epoch(demo_data, tmp_path):
     InterruptAt(epoch=2).attach(trainer)
     with pytest.raises(Exception) as err:
         wf.run()
-    assert "simulated interruption" in _chain(err.value)
+    assert "simulated interruption" in error_chain(err.value)
     assert os.path.isfile(tmp_path / "models" / "checkpoint_epoch=1.pt")
     epoch_length = trainer.state.epoch_length
 
@@ -153,6 +144,6 @@ def test_bad_training_data_stops_before_training(demo_data, tmp_path):
     with pytest.raises(Exception) as err:
         wf.initialize()
         wf.run()
-    message = _chain(err.value)
+    message = error_chain(err.value)
     assert os.path.basename(victim) in message
     assert not os.path.exists(tmp_path / "run" / "models")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import BUNDLE, PRESETS, workflow
+from .helpers import BUNDLE, PRESETS, error_chain, workflow
 
 INFER = BUNDLE / "configs" / "inference.json"
 TINY = PRESETS / "tiny.json"
@@ -119,7 +119,7 @@ def test_bad_cases_are_refused_while_good_cases_are_written(demo_cases, tmp_path
     wf = _run_inference(data, tmp_path / "pred", ckpt)
     with pytest.raises(RuntimeError) as err:
         wf.finalize()
-    message = str(err.value)
+    message = error_chain(err.value)
     for case in (bad, "BraTS2021_09998", "BraTS2021_09999"):
         assert case in message
     assert "t2" in message and "flair" in message

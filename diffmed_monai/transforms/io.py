@@ -55,7 +55,7 @@ class SaveLabelNiftid(MapTransform):
         output_dir: str,
         reference_key: str = "reference",
         case_id_key: str = "case_id",
-        input_paths_key: str = "image_paths",
+        input_paths_key: str = "input_files",
         output_postfix: str = "seg",
         output_ext: str = ".nii.gz",
         allow_missing_keys: bool = False,
@@ -94,10 +94,11 @@ class SaveLabelNiftid(MapTransform):
             header.set_slope_inter(1.0, 0.0)
             header["cal_min"], header["cal_max"] = 0, 0
             out = nib.Nifti1Image(np.rint(labels).astype(np.uint8), ref.affine, header)
-            sform, scode = ref.header.get_sform(coded=True)
-            qform, qcode = ref.header.get_qform(coded=True)
-            out.set_sform(ref.affine if sform is None else sform, int(scode) if scode else 1)
-            out.set_qform(ref.affine if qform is None else qform, int(qcode) if qcode else 1)
+            _, scode = ref.header.get_sform(coded=True)
+            _, qcode = ref.header.get_qform(coded=True)
+            # same sform/qform codes as the input; if it had neither, store the affine as sform (code 1)
+            out.set_sform(ref.affine, int(scode) if (scode or qcode) else 1)
+            out.set_qform(ref.header.get_qform() if qcode else ref.affine, int(qcode))
             write_nifti_atomic(out, path)
             logger.info("Case %s: wrote %s", case_id, path)
             d[f"{key}_path"] = path
