@@ -209,6 +209,19 @@ class DiffMedDINOv3(nn.Module):
         """``(B, M, d, h, w)`` denoised features (+ skips) -> ``(B, n_class, H, W)`` logits."""
         return self.decoder(denoised.flatten(1, 2), skips, out_size)
 
+    def training_outputs(
+        self,
+        image: torch.Tensor,
+        modality_mask: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """What training needs: ``forward(..., return_training_outputs=True)`` (see :meth:`forward`).
+
+        Under DDP call the wrapper with ``return_training_outputs=True`` instead, so gradients are synchronised.
+        """
+        return self(image, modality_mask, return_training_outputs=True, timesteps=timesteps, noise=noise)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
