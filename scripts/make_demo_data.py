@@ -1,6 +1,6 @@
-"""Generate synthetic multi-modal brain-tumour cases (BraTS layout) and their datalist.
+"""Generate synthetic multi-modal brain-tumour cases (BraTS 2021 layout) and their datalist.
 
-    python scripts/make_demo_data.py --output_dir demo_data --num_cases 8
+    python scripts/make_demo_data.py --output_dir demo_data --num_cases 8 [--shape 96,96,64] [--overwrite]
 """
 
 import fire

@@ -1,10 +1,13 @@
-"""Validation of cases before training or inference: every failure names the case, the file and the config key."""
+"""Validation of cases before training or inference.
+
+Every failure is a :class:`CaseError` whose message names the case id, the offending file and the config key
+to change (``dataset_dir``, ``datalist``, ``modalities``, ``label_values``, ``check_finite``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -14,6 +17,8 @@ __all__ = ["CaseError", "check_case", "check_datalist"]
 
 logger = logging.getLogger("diffmed_monai.data")
 
+AFFINE_ATOL = 1e-3  # mm; modalities and label of one case must share the affine to this tolerance
+
 
 class CaseError(ValueError):
     """A case that cannot be used; the message names the case, the file and the config key to change."""
@@ -21,20 +26,38 @@ class CaseError(ValueError):
 
 def _resolve(path: str, base_dir: str | None) -> str:
     path = os.fspath(path)
-    return path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
+    return path if os.path.isabs(path) or not base_dir else os.path.join(os.fspath(base_dir), path)
 
 
-def _load(case_id: str, path: str, role: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+def _load(case_id: str, path: str, role: str) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """Load header AND voxels (so a truncated ``.nii.gz`` fails here), check the affine; raise ``CaseError``."""
     if not os.path.isfile(path):
-        raise CaseError(f"Case {case_id}: {role} file {path} does not exist (check `dataset_dir` and `datalist`).")
+        raise CaseError(
+            f"Case {case_id}: {role} file {path} does not exist (check `dataset_dir` and the paths in `datalist`)."
+        )
     try:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
-        raise CaseError(f"Case {case_id}: {role} file {path} is unreadable or truncated ({err}).") from err
-    if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
-        raise CaseError(f"Case {case_id}: {role} file {path} has an invalid affine {image.affine.tolist()}.")
+    except Exception as err:  # nibabel ImageFileError, zlib.error, EOFError, gzip.BadGzipFile, struct.error ...
+        raise CaseError(
+            f"Case {case_id}: {role} file {path} is unreadable or truncated ({type(err).__name__}: {err}); "
+            f"re-export or re-download it, or remove the case from `datalist`."
+        ) from err
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise CaseError(
+            f"Case {case_id}: {role} file {path} has an invalid (non-finite or singular) affine {affine.tolist()}; "
+            f"fix its header or remove the case from `datalist`."
+        )
     return image, data
+
+
+def _case_id(case, image_key: str) -> str:
+    if isinstance(case, dict) and case.get("case_id"):
+        return str(case["case_id"])
+    entry = case.get(image_key) if isinstance(case, dict) else None
+    first = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+    return os.path.basename(str(first)) if first else "<unnamed>"
 
 
 def check_case(
@@ -46,69 +69,100 @@ def check_case(
     image_key: str = "image",
     label_key: str = "label",
 ) -> dict:
-    """Check one datalist entry; return ``{"case_id", "shape", "affine"}`` or raise :class:`CaseError`.
+    """Check one datalist entry before it is used; raise :class:`CaseError` on the first problem.
 
-    ``case[image_key]`` is a list with one 3D file per modality (in ``modalities`` order) or a single 4D file
-    with the modalities on the last axis. All images (and the label, if ``label_key`` is present) must share
-    shape and affine; voxels must be finite; label values must be within ``label_values`` when given.
+    Args:
+        case: ``{image_key: [one 3D file per modality, in ``modalities`` order] or one 4D file (X, Y, Z, M),
+            label_key: optional 3D label file, "case_id": optional}``; relative paths are joined to ``base_dir``.
+        base_dir: the dataset root (config key ``dataset_dir``), or ``None`` for absolute paths.
+        modalities: modality names; M = ``len(modalities)``.
+        label_values: allowed label values (e.g. BraTS ``[0, 1, 2, 4]``), ``None`` to skip the check.
+        check_finite: refuse NaN/inf voxels in float images and labels.
+
+    Checks: every file exists and reads completely; images are 3D (X, Y, Z) (a trailing axis of size 1 is
+    accepted), or one 4D file with exactly M volumes on the last axis (2D and 5D refused); M image files;
+    images and label share shape and affine (``np.allclose``, atol 1e-3); finite voxels; label values within
+    ``label_values``.
+
+    Returns:
+        ``{"case_id", "shape": (X, Y, Z), "affine": 4x4 ndarray, "spacing": (sx, sy, sz)}``.
     """
+    case_id = _case_id(case, image_key)
+    if not isinstance(case, dict):
+        raise CaseError(f"Case {case_id}: datalist entry {case!r} is not a dict (check `datalist`).")
+    mods = list(modalities)
+    m = len(mods)
     entry = case.get(image_key)
-    case_id = str(case.get("case_id") or (entry[0] if isinstance(entry, list) and entry else entry))
-    m = len(modalities)
     if not entry:
-        raise CaseError(f"Case {case_id}: no `{image_key}` entry in the datalist.")
+        raise CaseError(f"Case {case_id}: no {image_key!r} entry (check `datalist`).")
+    if isinstance(entry, (list, tuple)) and len(entry) == 1 and m > 1:
+        entry = entry[0]  # a one-element list holding a single 4D file
     if isinstance(entry, (list, tuple)):
         if len(entry) != m:
             raise CaseError(
-                f"Case {case_id}: {len(entry)} image files for {m} modalities {list(modalities)} "
-                f"(config key `modalities`)."
+                f"Case {case_id}: {len(entry)} image files {list(entry)} for {m} modalities {mods}; "
+                f"fix the case in `datalist` or the `modalities` list."
             )
-        files = [(_resolve(p, base_dir), f"{modality} image") for p, modality in zip(entry, modalities)]
+        files = [(_resolve(p, base_dir), f"{mod} image") for p, mod in zip(entry, mods)]
+        four_d = False
     else:
-        files = [(_resolve(entry, base_dir), "4D image")]
-    if label_key in case and case[label_key]:
-        files.append((_resolve(case[label_key], base_dir), "label"))
+        files = [(_resolve(entry, base_dir), "4D image" if m > 1 else f"{mods[0]} image")]
+        four_d = m > 1
+    label = case.get(label_key)
+    if label:
+        files.append((_resolve(label, base_dir), "label"))
 
-    ref_shape, ref_affine, ref_path = None, None, None
+    ref_shape = ref_affine = ref_path = ref_zooms = None
     for path, role in files:
         image, data = _load(case_id, path, role)
-        shape = data.shape
-        if role == "4D image":
-            if data.ndim == 3 and m == 1:
-                pass
-            elif data.ndim != 4 or shape[-1] != m:
+        shape = tuple(int(s) for s in data.shape)
+        if four_d and role == "4D image":
+            if data.ndim != 4 or shape[-1] != m:
                 raise CaseError(
-                    f"Case {case_id}: {path} has shape {shape}; a single-file case must be 4D with {m} volumes "
-                    f"on the last axis (config key `modalities`)."
+                    f"Case {case_id}: 4D image file {path} has shape {shape}, but a single-file case must be 4D "
+                    f"(X, Y, Z, {m}) with one volume per modality {mods} on the last axis (config key `modalities`)."
                 )
-            else:
-                shape = shape[:3]
+            shape = shape[:3]
         elif data.ndim == 4 and shape[-1] == 1:
             shape = shape[:3]
         elif data.ndim != 3:
-            raise CaseError(f"Case {case_id}: {role} file {path} is {data.ndim}D {shape}; 3D volumes are required.")
+            raise CaseError(
+                f"Case {case_id}: {role} file {path} is {data.ndim}D with shape {shape}; each modality and the label "
+                f"must be one 3D volume (fix the file, or the case in `datalist`, or `modalities`)."
+            )
         if ref_shape is None:
             ref_shape, ref_affine, ref_path = shape, image.affine, path
-        else:
-            if shape != ref_shape:
-                raise CaseError(f"Case {case_id}: {path} has shape {shape} but {ref_path} has {ref_shape}.")
-            if not np.allclose(image.affine, ref_affine, atol=1e-3):
-                raise CaseError(
-                    f"Case {case_id}: {path} and {ref_path} have different affines; the modalities must be "
-                    f"co-registered on one grid."
-                )
+            ref_zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+        elif shape != ref_shape:
+            raise CaseError(
+                f"Case {case_id}: {role} file {path} has shape {shape} but {ref_path} has {ref_shape}; all modalities "
+                f"and the label must be on one grid (resample them, or fix the case in `datalist`)."
+            )
+        elif not np.allclose(image.affine, ref_affine, atol=AFFINE_ATOL):
+            diff = float(np.max(np.abs(np.asarray(image.affine) - np.asarray(ref_affine))))
+            raise CaseError(
+                f"Case {case_id}: {role} file {path} and {ref_path} have different affines (max difference "
+                f"{diff:.4g}); the modalities must be co-registered on one grid (register them, or fix `datalist`)."
+            )
         if check_finite and np.issubdtype(data.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(data)))
+            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
             if bad:
-                raise CaseError(f"Case {case_id}: {role} file {path} contains {bad} NaN/inf voxel(s).")
-        if role == "label" and label_values is not None:
-            values = set(np.unique(data).tolist())
-            extra = sorted(values - {float(v) for v in label_values})
-            if extra:
                 raise CaseError(
-                    f"Case {case_id}: label file {path} has values {extra} outside `label_values`={list(label_values)}."
+                    f"Case {case_id}: {role} file {path} contains {bad} NaN/inf voxel(s) of {data.size}; fix the file, "
+                    f"remove the case from `datalist` (`check_finite` false skips this check, but NaN voxels make "
+                    f"the whole normalised channel NaN)."
                 )
-    return {"case_id": case_id, "shape": ref_shape, "affine": ref_affine}
+        if role == "label" and label_values is not None:
+            allowed = {float(v) for v in label_values}
+            values = np.unique(data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data)
+            extra = [v for v in values.tolist() if float(v) not in allowed]
+            if extra:
+                shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in extra[:10])
+                raise CaseError(
+                    f"Case {case_id}: label file {path} has value(s) [{shown}] outside `label_values`="
+                    f"{list(label_values)}; change `label_values` (dataset preset) or fix the label file."
+                )
+    return {"case_id": case_id, "shape": ref_shape, "affine": np.asarray(ref_affine), "spacing": ref_zooms}
 
 
 def check_datalist(
@@ -118,20 +172,30 @@ def check_datalist(
     label_values: Sequence[int] | None = None,
     check_finite: bool = True,
     strict: bool = True,
+    image_key: str = "image",
+    label_key: str = "label",
 ) -> tuple[list[dict], list[str]]:
-    """Check every case. ``strict``: raise one ``ValueError`` listing all bad cases (training stops before it
-    starts). Otherwise return ``(good_cases, error_messages)``."""
+    """Run :func:`check_case` on every case, logging progress to the ``diffmed_monai.data`` logger.
+
+    ``strict=True`` (training): raise one ``ValueError`` listing every bad case, so nothing starts on bad data.
+    ``strict=False`` (inference): return ``(good_cases, error_messages)`` for the caller to report and go on.
+    """
+    cases = list(cases)
     good, errors = [], []
     total = len(cases)
+    logger.info("Checking %d case(s) under %s (modalities %s)", total, base_dir, list(modalities))
     for i, case in enumerate(cases, 1):
         try:
-            check_case(case, base_dir, modalities, label_values, check_finite)
+            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key)
             good.append(case)
         except CaseError as err:
             errors.append(str(err))
             logger.error("%s", err)
-        if i % 50 == 0 or i == total:
-            logger.info("Checked %d/%d cases (%d refused)", i, total, len(errors))
+        if i % 25 == 0 or i == total:
+            logger.info("Checked %d/%d case(s), %d refused", i, total, len(errors))
     if strict and errors:
-        raise ValueError(f"{len(errors)} of {total} case(s) cannot be used:\n" + "\n".join(errors))
+        raise ValueError(
+            f"{len(errors)} of {total} case(s) cannot be used; fix or remove them before training:\n"
+            + "\n".join(errors)
+        )
     return good, errors

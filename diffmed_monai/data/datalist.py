@@ -1,4 +1,11 @@
-"""Scan each dataset's official folder layout into MONAI datalists (paths relative to the dataset root)."""
+"""Scan each dataset's official folder layout into MONAI datalists (paths relative to the dataset root).
+
+Every scanner returns ``(cases, skipped)``: ``cases`` is a list of ``{"case_id": str, "image": [path per
+modality, in the requested order], "label": path}`` (``label`` absent when the case has none and labels are
+not required), ``skipped`` a list of ``(case_folder_or_file, reason)`` for everything that was left out. The
+JSON written by :func:`write_datalist` is read with
+``monai.data.load_decathlon_datalist(path, data_list_key="training", base_dir=<dataset root>)``.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,48 @@ import random
 import re
 from collections.abc import Sequence
 
-__all__ = ["scan_amos", "scan_brats", "scan_folder", "scan_isles22", "split_cases", "write_datalist"]
+__all__ = [
+    "AMOS_MRI_FIRST_ID",
+    "BRATS_MODALITIES",
+    "ISLES22_MODALITIES",
+    "scan_amos",
+    "scan_brats",
+    "scan_folder",
+    "scan_isles22",
+    "split_cases",
+    "write_datalist",
+]
 
 NIFTI_EXTS = (".nii.gz", ".nii")
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+ISLES22_MODALITIES = ("dwi", "adc", "flair")
+AMOS_MRI_FIRST_ID = 500  # AMOS22: amos_0001..0499 are CT, amos_0500 and above MRI
 Skipped = list[tuple[str, str]]
 
 
-def _find(folder: str, stem: str) -> str | None:
-    for ext in NIFTI_EXTS:
-        path = os.path.join(folder, stem + ext)
-        if os.path.isfile(path):
-            return path
-    return None
+def _as_modalities(modalities: Sequence[str] | str) -> tuple[str, ...]:
+    """``("t1", "t2")`` from a sequence or a comma-separated string (as command lines pass it)."""
+    if isinstance(modalities, str):
+        modalities = [m for m in modalities.split(",")]
+    mods = tuple(str(m).strip() for m in modalities if str(m).strip())
+    if not mods:
+        raise ValueError("No modality given (config key `modalities`).")
+    if len(set(mods)) != len(mods):
+        raise ValueError(f"Modalities {list(mods)} contain duplicates (config key `modalities`).")
+    return mods
+
+
+def _require_dir(root: str) -> str:
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Dataset folder {root!r} does not exist or is not a folder (config key `dataset_dir`)."
+        )
+    return root
+
+
+def _is_nifti(name: str) -> bool:
+    return name.endswith(NIFTI_EXTS) and not name.startswith(".")
 
 
 def _strip_ext(name: str) -> str:
@@ -30,141 +67,226 @@ def _strip_ext(name: str) -> str:
     return name
 
 
-def scan_brats(
-    root: str, modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"), require_label: bool = True
-) -> tuple[list[dict], Skipped]:
-    """BraTS 2018-2021 and FeTS 2021/22: ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii(.gz)``, also nested in
-    ``HGG/`` and ``LGG/`` (2018/2019).
+def _find(folder: str, stem: str) -> str | None:
+    """``folder/stem.nii.gz`` or ``folder/stem.nii`` (the former preferred), or ``None``."""
+    for ext in NIFTI_EXTS:
+        path = os.path.join(folder, stem + ext)
+        if os.path.isfile(path):
+            return path
+    return None
 
-    Returns ``(cases, skipped)``: cases ``{"case_id", "image": [path per modality], "label"}`` with paths relative
-    to ``root``, and ``(case_folder, reason)`` for every folder that was skipped.
+
+def _others(folder: str, used: Sequence[str]) -> str:
+    """Hint listing the NIfTI files of ``folder`` that were not matched (misnamed files are a common cause)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if _is_nifti(n) and n not in {os.path.basename(u) for u in used})
+    except OSError:
+        return ""
+    return f" (other NIfTI files there: {', '.join(names)})" if names else ""
+
+
+def _entry(case_id: str, images: Sequence[str], label: str | None, root: str) -> dict:
+    case = {"case_id": case_id, "image": [os.path.relpath(p, root) for p in images]}
+    if label is not None:
+        case["label"] = os.path.relpath(label, root)
+    return case
+
+
+def scan_brats(
+    root: str, modalities: Sequence[str] = BRATS_MODALITIES, require_label: bool = True
+) -> tuple[list[dict], Skipped]:
+    """BraTS 2018-2021 and FeTS 2021/22 layouts, found at any depth under ``root``.
+
+    A case folder ``<case>`` holds ``<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (or ``.nii``): BraTS 2020/2021
+    (``BraTS2021_00000``), BraTS 2018/2019 nested in ``HGG/`` and ``LGG/`` (``Brats18_2013_2_1``), FeTS
+    (``FeTS2022_00000``). Only folders holding at least one ``<folder name>_*.nii(.gz)`` file count as cases.
+    A case lacking a modality file is skipped with the missing file named; one lacking ``_seg`` is skipped when
+    ``require_label`` and otherwise kept without ``"label"``. A case id seen twice is skipped the second time.
+    Returns ``(cases, skipped)`` sorted by folder; paths relative to ``root``.
     """
-    cases, skipped = [], []
-    folders = sorted(
-        {os.path.dirname(p) for p in glob.glob(os.path.join(root, "**", "*_*.nii*"), recursive=True)}
-    )
-    for folder in folders:
+    root = _require_dir(root)
+    mods = _as_modalities(modalities)
+    folders = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__MACOSX")))
+        prefix = os.path.basename(dirpath) + "_"
+        if dirpath != root and any(_is_nifti(f) and f.startswith(prefix) for f in filenames):
+            folders.add(dirpath)
+    cases, skipped, seen = [], [], {}
+    for folder in sorted(folders):
         case_id = os.path.basename(folder)
+        if case_id in seen:
+            skipped.append((folder, f"case id {case_id} already found in {seen[case_id]}"))
+            continue
         images, missing = [], []
-        for modality in modalities:
+        for modality in mods:
             path = _find(folder, f"{case_id}_{modality}")
             (images.append(path) if path else missing.append(f"{case_id}_{modality}.nii.gz"))
-        if missing:
-            skipped.append((folder, f"missing modality file(s): {', '.join(missing)}"))
-            continue
         label = _find(folder, f"{case_id}_seg")
-        if label is None and require_label:
-            skipped.append((folder, f"missing label file {case_id}_seg.nii.gz"))
+        found = images + ([label] if label else [])
+        if missing:
+            skipped.append((folder, f"missing modality file(s) {', '.join(missing)}{_others(folder, found)}"))
             continue
-        case = {"case_id": case_id, "image": [os.path.relpath(p, root) for p in images]}
-        if label is not None:
-            case["label"] = os.path.relpath(label, root)
-        cases.append(case)
+        if label is None and require_label:
+            skipped.append((folder, f"missing label file {case_id}_seg.nii.gz{_others(folder, found)}"))
+            continue
+        seen[case_id] = folder
+        cases.append(_entry(case_id, images, label, root))
     return cases, skipped
 
 
 def scan_isles22(
-    root: str, modalities: Sequence[str] = ("dwi", "adc", "flair"), require_label: bool = True
+    root: str, modalities: Sequence[str] = ISLES22_MODALITIES, require_label: bool = True
 ) -> tuple[list[dict], Skipped]:
-    """ISLES 2022 BIDS layout: ``rawdata/sub-strokecaseXXXX/ses-0001/{dwi,anat}/...`` and
-    ``derivatives/sub-strokecaseXXXX/ses-0001/..._msk.nii.gz``.
+    """ISLES 2022 BIDS layout under ``root``.
 
-    The released FLAIR is not co-registered with DWI/ADC: register it first, or leave ``flair`` out of
-    ``modalities``.
+    Images: ``rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_{dwi,adc}.nii.gz`` and
+    ``rawdata/.../anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz``; labels:
+    ``derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz``.
+    Case ids are ``sub-strokecaseXXXX_ses-0001``.
+
+    Note: in the raw release FLAIR is NOT co-registered with DWI/ADC (other grid and affine), so the case checks
+    refuse it. Register FLAIR to DWI first and put the result at the ``anat`` path, or leave ``flair`` out of
+    ``modalities`` (e.g. ``("dwi", "adc")``).
     """
     where = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
-    unknown = [m for m in modalities if m not in where]
+    root = _require_dir(root)
+    mods = tuple(m.lower() for m in _as_modalities(modalities))
+    unknown = [m for m in mods if m not in where]
     if unknown:
-        raise ValueError(f"ISLES 2022 has no modality {unknown} (config key `modalities`); use {sorted(where)}.")
+        raise ValueError(
+            f"ISLES 2022 has no modality {unknown} (config key `modalities`); use some of {sorted(where)}."
+        )
+    if not os.path.isdir(os.path.join(root, "rawdata")):
+        raise FileNotFoundError(
+            f"{root!r} has no rawdata/ folder; point `dataset_dir` at the ISLES 2022 root "
+            f"(with rawdata/ and derivatives/)."
+        )
     cases, skipped = [], []
     for subject_dir in sorted(glob.glob(os.path.join(root, "rawdata", "sub-*"))):
         subject = os.path.basename(subject_dir)
-        for session_dir in sorted(glob.glob(os.path.join(subject_dir, "ses-*"))):
+        sessions = sorted(glob.glob(os.path.join(subject_dir, "ses-*")))
+        if not sessions:
+            skipped.append((subject_dir, "no ses-* session folder"))
+        for session_dir in sessions:
             session = os.path.basename(session_dir)
             stem = f"{subject}_{session}"
             images, missing = [], []
-            for modality in modalities:
+            for modality in mods:
                 sub, suffix = where[modality]
                 path = _find(os.path.join(session_dir, sub), f"{stem}_{suffix}")
                 (images.append(path) if path else missing.append(f"{sub}/{stem}_{suffix}.nii.gz"))
             if missing:
-                skipped.append((session_dir, f"missing modality file(s): {', '.join(missing)}"))
+                skipped.append((session_dir, f"missing modality file(s) {', '.join(missing)}"))
                 continue
             label = _find(os.path.join(root, "derivatives", subject, session), f"{stem}_msk")
             if label is None and require_label:
-                skipped.append((session_dir, f"missing label derivatives/{subject}/{session}/{stem}_msk.nii.gz"))
+                label_path = f"derivatives/{subject}/{session}/{stem}_msk.nii.gz"
+                skipped.append((session_dir, f"missing label file {label_path}"))
                 continue
-            case = {"case_id": stem, "image": [os.path.relpath(p, root) for p in images]}
-            if label is not None:
-                case["label"] = os.path.relpath(label, root)
-            cases.append(case)
+            cases.append(_entry(stem, images, label, root))
     return cases, skipped
 
 
 def scan_amos(root: str, modality: str = "ct", require_label: bool = True) -> tuple[list[dict], Skipped]:
-    """AMOS22 ``imagesTr``/``labelsTr`` (and ``imagesVa``/``labelsVa``): ids below 500 are CT, 500 and above MRI."""
+    """AMOS22 layout: ``imagesTr/amos_XXXX.nii.gz`` + ``labelsTr/amos_XXXX.nii.gz`` and ``imagesVa``/``labelsVa``.
+
+    Ids below 500 are CT, 500 and above MRI; only ``modality`` ("ct" or "mri") is returned (the others are not
+    reported as skipped). Each case has a one-element ``image`` list.
+    """
+    modality = str(modality).lower()
     if modality not in ("ct", "mri"):
         raise ValueError(f"AMOS modality must be 'ct' or 'mri' (config key `modalities`), got {modality!r}.")
+    root = _require_dir(root)
+    if not any(os.path.isdir(os.path.join(root, d)) for d in ("imagesTr", "imagesVa")):
+        raise FileNotFoundError(
+            f"{root!r} has no imagesTr/ or imagesVa/ folder; point `dataset_dir` at the AMOS22 root."
+        )
     cases, skipped = [], []
     for images_dir, labels_dir in (("imagesTr", "labelsTr"), ("imagesVa", "labelsVa")):
         for path in sorted(glob.glob(os.path.join(root, images_dir, "amos_*.nii*"))):
             case_id = _strip_ext(os.path.basename(path))
-            match = re.search(r"(\d+)$", case_id)
-            if match is None:
-                skipped.append((path, "file name is not amos_<number>"))
+            match = re.fullmatch(r"amos_(\d+)", case_id)
+            if match is None or not _is_nifti(os.path.basename(path)):
+                skipped.append((path, "file name is not amos_<number>.nii.gz"))
                 continue
-            if (int(match.group(1)) < 500) != (modality == "ct"):
+            if (int(match.group(1)) < AMOS_MRI_FIRST_ID) != (modality == "ct"):
                 continue
             label = _find(os.path.join(root, labels_dir), case_id)
             if label is None and require_label:
-                skipped.append((path, f"missing label {labels_dir}/{case_id}.nii.gz"))
+                skipped.append((path, f"missing label file {labels_dir}/{case_id}.nii.gz"))
                 continue
-            case = {"case_id": case_id, "image": [os.path.relpath(path, root)]}
-            if label is not None:
-                case["label"] = os.path.relpath(label, root)
-            cases.append(case)
+            cases.append(_entry(case_id, [path], label, root))
     return cases, skipped
 
 
 def scan_folder(root: str, modalities: Sequence[str]) -> tuple[list[dict], Skipped]:
-    """Inference input: one sub-folder per case with ``<anything>_<modality>.nii(.gz)`` files (BraTS naming), and/or
-    4D NIfTI files directly in ``root`` (one per case, modalities on the last axis). Labels are not needed."""
+    """Inference inputs under ``root`` (no labels), in two accepted forms, mixed freely:
+
+    - one sub-folder per case holding one ``*_<modality>.nii(.gz)`` file per modality (BraTS naming), giving
+      ``{"case_id": <folder>, "image": ["<folder>/<file>", ...]}`` in ``modalities`` order;
+    - one 4D NIfTI per case directly in ``root``, modalities on the last axis, giving
+      ``{"case_id": <file stem>, "image": "<file>"}`` (the volume count is checked by ``check_case``).
+
+    A folder with a missing or ambiguous (several matching files) modality is skipped with the reason.
+    """
+    root = _require_dir(root)
+    mods = _as_modalities(modalities)
     cases, skipped = [], []
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)
+        if entry.startswith("."):
+            continue
         if os.path.isdir(path):
-            files = sorted(f for f in os.listdir(path) if f.endswith(NIFTI_EXTS))
-            images, missing = [], []
-            for modality in modalities:
+            files = sorted(f for f in os.listdir(path) if _is_nifti(f))
+            images, problems = [], []
+            for modality in mods:
                 hits = [f for f in files if _strip_ext(f).endswith(f"_{modality}")]
                 if len(hits) == 1:
                     images.append(os.path.join(entry, hits[0]))
+                elif hits:
+                    problems.append(f"several *_{modality} files ({', '.join(hits)})")
                 else:
-                    missing.append(f"*_{modality}.nii.gz" + (" (several files)" if hits else ""))
-            if missing:
-                skipped.append((path, f"case {entry}: missing or ambiguous modality file(s): {', '.join(missing)}"))
+                    problems.append(f"no *_{modality}.nii.gz file")
+            if problems:
+                skipped.append((path, f"case {entry}: {'; '.join(problems)}"))
                 continue
             cases.append({"case_id": entry, "image": images})
-        elif entry.endswith(NIFTI_EXTS):
+        elif _is_nifti(entry):
             cases.append({"case_id": _strip_ext(entry), "image": entry})
     return cases, skipped
 
 
 def split_cases(cases: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Deterministic shuffled split into ``(train, val)``; at least one validation case when there are two or more."""
-    if not 0.0 <= val_fraction < 1.0:
+    """Deterministic random split into ``(train, val)``.
+
+    Cases are sorted by ``case_id`` (when all have one) before a ``random.Random(seed)`` shuffle, so the split
+    does not depend on file-system order. ``round(n * val_fraction)`` validation cases, at least one when
+    ``val_fraction > 0`` and there are two or more cases.
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     order = list(cases)
+    if all(isinstance(c, dict) and "case_id" in c for c in order):
+        order.sort(key=lambda c: str(c["case_id"]))
     random.Random(seed).shuffle(order)
-    n_val = int(round(len(order) * val_fraction))
+    n_val = int(round(len(order) * float(val_fraction)))
     if val_fraction > 0 and len(order) >= 2:
-        n_val = max(n_val, 1)
+        n_val = min(max(n_val, 1), len(order) - 1)
     return order[n_val:], order[:n_val]
 
 
 def write_datalist(path: str, train: Sequence[dict], val: Sequence[dict], test: Sequence[dict] | None = None) -> str:
-    """Write ``{"training", "validation", "testing"}`` JSON (4-space indent) for ``load_decathlon_datalist``."""
+    """Write ``{"training": [...], "validation": [...], "testing": [...]}`` as JSON (4-space indent); return ``path``.
+
+    Paths stay as given (relative to the dataset root from the scanners): load with
+    ``load_decathlon_datalist(path, data_list_key="training", base_dir=<dataset root>)``.
+    """
     content = {"training": list(train), "validation": list(val), "testing": list(test or [])}
+    for key, items in content.items():
+        bad = [c for c in items if not isinstance(c, dict) or "image" not in c]
+        if bad:
+            raise ValueError(f"Datalist {key!r} entries must be dicts with an 'image' key, got {bad[0]!r}.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(content, f, indent=4)

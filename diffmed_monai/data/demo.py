@@ -1,4 +1,11 @@
-"""Synthetic multi-modal brain-tumour MRI cases in the BraTS 2021 folder layout (the demo and test data)."""
+"""Synthetic multi-modal brain-tumour MRI cases in the BraTS 2021 folder layout (the demo and test data).
+
+Each case is an analytic head phantom: a smoothly deformed ellipsoidal head with scalp, skull, CSF (outer rim,
+ventricles, interhemispheric fissure), cortical and deep grey matter and white matter, and one glioma-like
+tumour (necrotic core inside an enhancing rim inside oedema that spreads mostly along the white matter).
+Tissue signals follow the usual MRI contrasts, then MONAI's ``RandBiasField`` and ``RandRicianNoise`` add a
+coil bias field and Rician noise. The data are for smoke tests and demos, not for judging a model.
+"""
 
 from __future__ import annotations
 
@@ -9,79 +16,142 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
+from monai.transforms import RandBiasField, RandRicianNoise, Resize
 from scipy import ndimage
 
-__all__ = ["DEMO_MODALITIES", "make_demo_case", "make_demo_dataset"]
+__all__ = ["DEMO_LABELS", "DEMO_MODALITIES", "DEMO_TISSUES", "demo_affine", "make_demo_case", "make_demo_dataset"]
 
 logger = logging.getLogger("diffmed_monai.data")
 
 DEMO_MODALITIES = ("t1", "t1ce", "t2", "flair")
+DEMO_LABELS = (0, 1, 2, 4)  # BraTS 2017-2021: background, necrotic core, oedema, enhancing tumour (3 unused)
 
-# Relative signal of each tissue in (t1, t1ce, t2, flair): CSF dark on T1 / bright on T2 / suppressed on FLAIR,
-# white matter brighter than grey on T1, oedema bright on T2 and FLAIR, enhancing rim bright on T1ce.
-_TISSUE_SIGNAL = {
-    "csf": (0.20, 0.20, 1.00, 0.08),
-    "gm": (0.55, 0.57, 0.62, 0.55),
-    "wm": (0.78, 0.78, 0.42, 0.45),
-    "oedema": (0.45, 0.46, 0.86, 0.95),
-    "enhancing": (0.50, 1.00, 0.70, 0.75),
-    "necrosis": (0.28, 0.30, 0.92, 0.50),
-}
+# Tissue classes of the phantom (index = value in the tissue map returned by ``make_demo_case``).
+DEMO_TISSUES = ("background", "scalp", "skull", "csf", "grey_matter", "white_matter", "oedema", "enhancing",
+                "necrosis")
+# Relative signal per tissue in (t1, t1ce, t2, flair): scalp fat bright on T1, cortical bone dark everywhere,
+# CSF dark on T1 / bright on T2 / suppressed on FLAIR, white matter brighter than grey matter on T1 and darker
+# on T2, oedema bright on T2 and FLAIR, enhancing rim bright on T1ce, necrosis T2-bright but FLAIR-darker.
+_SIGNAL = np.array(
+    [
+        (0.00, 0.00, 0.00, 0.00),  # background
+        (0.90, 0.92, 0.55, 0.65),  # scalp
+        (0.06, 0.06, 0.05, 0.05),  # skull
+        (0.15, 0.16, 1.00, 0.07),  # csf
+        (0.52, 0.54, 0.66, 0.60),  # grey matter
+        (0.78, 0.79, 0.42, 0.46),  # white matter
+        (0.42, 0.44, 0.88, 0.95),  # oedema
+        (0.50, 1.00, 0.70, 0.76),  # enhancing
+        (0.26, 0.29, 0.95, 0.48),  # necrosis
+    ],
+    dtype=np.float32,
+)
+(_BG, _SCALP, _SKULL, _CSF, _GM, _WM, _OEDEMA, _ENH, _NECROSIS) = range(len(DEMO_TISSUES))
 
 
-def _smooth_noise(rng: np.random.Generator, shape, sigma: float, amplitude: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
-    return amplitude * field / (np.abs(field).max() + 1e-8)
+def demo_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """4x4 voxel-to-world (RAS+ mm, nibabel convention) affine ``diag(-sx, -sy, sz)`` centred on the volume.
 
-
-def make_demo_case(shape: Sequence[int] = (96, 96, 64), seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One synthetic skull-stripped case.
-
-    Returns ``({modality: (X, Y, Z) float32}, seg (X, Y, Z) uint8)`` with BraTS labels 0 background,
-    1 necrotic core, 2 oedema, 4 enhancing tumour (3 unused). Voxels outside the brain are exactly 0.
+    Voxel axes run toward the patient's left, posterior and superior: axis codes ``("L", "P", "S")``, the LPS
+    voxel order of BraTS NIfTI files.
     """
-    rng = np.random.default_rng(seed)
+    sx, sy, sz = (float(s) for s in spacing)
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = [sx * (shape[0] - 1) / 2, sy * (shape[1] - 1) / 2, -sz * (shape[2] - 1) / 2]
+    return affine
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cells: int) -> np.ndarray:
+    """Smooth random ``shape`` field in [-1, 1]: ~``cells`` random values per axis, resized trilinearly."""
+    coarse = rng.uniform(-1.0, 1.0, size=[1] + [max(2, min(cells, n)) for n in shape]).astype(np.float32)
+    return np.asarray(Resize(shape, mode="trilinear", align_corners=True)(coarse))[0]
+
+
+def make_demo_case(
+    shape: Sequence[int] = (96, 96, 64),
+    seed: int = 0,
+    spacing: Sequence[float] = (2.0, 2.0, 2.0),
+    return_tissue: bool = False,
+):
+    """One synthetic head with a tumour.
+
+    Args:
+        shape: volume size ``(X, Y, Z)`` in voxels, each >= 16.
+        seed: random seed; the same seed gives bit-identical output.
+        spacing: voxel size in mm (sets the physical tumour size relative to the head).
+        return_tissue: also return the ``(X, Y, Z)`` uint8 tissue map (indices into :data:`DEMO_TISSUES`).
+
+    Returns:
+        ``(images, seg)`` or ``(images, seg, tissue)``: ``images`` maps each of :data:`DEMO_MODALITIES` to an
+        ``(X, Y, Z)`` float32 volume, exactly 0 outside the head; ``seg`` is ``(X, Y, Z)`` uint8 with BraTS
+        labels 0 background, 1 necrotic core, 2 oedema, 4 enhancing tumour, inside the brain only.
+    """
     shape = tuple(int(s) for s in shape)
-    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
-    x, y, z = np.meshgrid(*axes, indexing="ij")
-    warp = _smooth_noise(rng, shape, sigma=min(shape) / 6, amplitude=0.06)
-    radius = np.sqrt((x / 0.80) ** 2 + (y / 0.92) ** 2 + (z / 0.85) ** 2) + warp  # brain-shaped ellipsoid
-    brain = radius < 1.0
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"shape must be three sizes >= 16, got {shape}.")
+    spacing = np.asarray([float(s) for s in spacing], dtype=np.float32)
+    if spacing.shape != (3,) or np.any(spacing <= 0):
+        raise ValueError(f"spacing must be three positive sizes in mm, got {spacing.tolist()}.")
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True)
 
-    tissue = np.full(shape, "gm", dtype=object)
-    tissue[radius < 0.72 + _smooth_noise(rng, shape, min(shape) / 10, 0.05)] = "wm"
-    tissue[radius > 0.93] = "csf"  # outer CSF rim
-    ventricles = ((np.abs(x) - 0.13) / 0.09) ** 2 + (y / 0.30) ** 2 + ((z - 0.05) / 0.22) ** 2 < 1.0
-    tissue[ventricles] = "csf"
+    # head: deformed ellipsoid, A-P (y) longest; layers by normalised radius
+    semi = np.array([0.80, 0.92, 0.86], np.float32) * rng.uniform(0.94, 1.0, 3).astype(np.float32)
+    r = np.sqrt((x / semi[0]) ** 2 + (y / semi[1]) ** 2 + ((z + 0.04) / semi[2]) ** 2)
+    r = r + 0.04 * _smooth_field(rng, shape, 5)
+    head = r < 1.0
+    tissue = np.zeros(shape, np.uint8)
+    tissue[head] = _SCALP
+    tissue[r < 0.95] = _SKULL
+    tissue[r < 0.89] = _CSF
+    rb = r / 0.85  # brain radius; < 1 inside the brain
+    brain = rb < 1.0
+    folds = 0.07 * _smooth_field(rng, shape, 20)  # gyri-like cortical thickness variation
+    tissue[brain] = _GM
+    tissue[rb < 0.85 + folds] = _WM
+    fissure = (np.abs(x) < 1.5 / shape[0] * 2) & (rb > 0.45) & (z > -0.25)  # interhemispheric CSF sheet
+    tissue[fissure & brain] = _CSF
+    ventricles = ((np.abs(x) - 0.10) / 0.075) ** 2 + ((y - 0.02) / 0.30) ** 2 + ((z - 0.08) / 0.18) ** 2 < 1.0
+    nuclei = ((np.abs(x) - 0.20) / 0.07) ** 2 + ((y + 0.05) / 0.10) ** 2 + ((z + 0.02) / 0.08) ** 2 < 1.0
+    tissue[nuclei] = _GM
+    tissue[ventricles] = _CSF
 
-    # tumour: necrotic core inside an enhancing rim inside oedema, at a random place in the brain
-    centre = rng.uniform(-0.35, 0.35, size=3) * np.array([0.8, 0.9, 0.8])
-    r_oedema = rng.uniform(0.22, 0.34)
-    r_core, r_necrosis = r_oedema * rng.uniform(0.50, 0.62), r_oedema * rng.uniform(0.22, 0.32)
-    dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
-    dist = dist + _smooth_noise(rng, shape, sigma=min(shape) / 12, amplitude=0.05)
+    # tumour in one hemisphere, sizes in mm relative to the smallest brain semi-axis
+    half_mm = (np.array(shape, np.float32) - 1) * spacing / 2
+    brain_semi_mm = float(np.min(semi * 0.85 * half_mm))
+    centre = np.array(
+        [rng.choice([-1, 1]) * rng.uniform(0.25, 0.45), rng.uniform(-0.40, 0.40), rng.uniform(-0.10, 0.35)],
+        np.float32,
+    ) * semi * 0.85
+    r_oedema = brain_semi_mm * rng.uniform(0.50, 0.70)
+    r_core = r_oedema * rng.uniform(0.55, 0.68)
+    r_necrosis = r_core * rng.uniform(0.48, 0.62)
+    dist = np.sqrt(
+        ((x - centre[0]) * half_mm[0]) ** 2 + ((y - centre[1]) * half_mm[1]) ** 2 + ((z - centre[2]) * half_mm[2]) ** 2
+    )
+    dist = dist * (1.0 + 0.18 * _smooth_field(rng, shape, 7))  # irregular, still nested
     seg = np.zeros(shape, np.uint8)
-    seg[dist < r_oedema] = 2
+    oedema = (dist < r_oedema) & ((tissue == _WM) | (dist < 1.25 * r_core))  # oedema spreads along white matter
+    seg[oedema] = 2
     seg[dist < r_core] = 4
     seg[dist < r_necrosis] = 1
     seg[~brain] = 0
-    tissue[seg == 2] = "oedema"
-    tissue[seg == 4] = "enhancing"
-    tissue[seg == 1] = "necrosis"
+    tissue[seg == 2], tissue[seg == 4], tissue[seg == 1] = _OEDEMA, _ENH, _NECROSIS
 
+    # per-case tissue contrast jitter, partial-volume blur, then MONAI bias field and Rician noise
+    signal = _SIGNAL * rng.uniform(0.92, 1.08, _SIGNAL.shape).astype(np.float32)
+    bias = RandBiasField(degree=3, coeff_range=(0.0, 0.12), prob=1.0)
+    noise = RandRicianNoise(prob=1.0, std=0.02, relative=False, sample_std=False)
+    bias.set_random_state(seed=int(rng.integers(2**31)))
+    noise.set_random_state(seed=int(rng.integers(2**31)))
     images = {}
-    bias = np.exp(_smooth_noise(rng, shape, sigma=min(shape) / 3, amplitude=0.15))
     for m, modality in enumerate(DEMO_MODALITIES):
-        signal = np.zeros(shape, np.float32)
-        for name, values in _TISSUE_SIGNAL.items():
-            signal[tissue == name] = values[m]
-        signal = ndimage.gaussian_filter(signal, 0.7) * bias  # partial volume, coil bias
-        sigma = 0.025
-        noisy = np.sqrt((signal + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2)
-        volume = (1000.0 * noisy * rng.uniform(0.8, 1.2)).astype(np.float32)
-        volume[~brain] = 0.0
+        volume = ndimage.gaussian_filter(signal[tissue, m], 0.6, truncate=3.0)[None]
+        volume = np.asarray(noise(bias(volume)), dtype=np.float32)[0]
+        volume *= np.float32(1000.0 * rng.uniform(0.8, 1.25))
+        volume[~head] = 0.0
         images[modality] = volume
-    return images, seg
+    return (images, seg, tissue) if return_tissue else (images, seg)
 
 
 def make_demo_dataset(
@@ -92,32 +162,35 @@ def make_demo_dataset(
     seed: int = 0,
     overwrite: bool = False,
 ) -> list[str]:
-    """Write ``num_cases`` synthetic cases as ``output_dir/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``.
+    """Write ``num_cases`` synthetic cases in the BraTS 2021 layout and return their folders.
 
-    Images are float32, labels uint8 (BraTS 0/1/2/4). The affine is ``diag(-sx, -sy, sz)`` centred on the
-    volume: voxel axes run toward the patient's right, posterior and superior, the LPS voxel order BraTS data
-    has. Deterministic for a given ``seed``. Existing case folders are an error unless ``overwrite``.
-    Returns the case folders.
+    Files: ``output_dir/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``; images float32
+    ``(X, Y, Z) = shape``, seg uint8 with BraTS labels {0, 1, 2, 4}. The affine is :func:`demo_affine`:
+    ``diag(-sx, -sy, sz)``, LPS voxel order as in BraTS files. Case ``i`` uses seed ``seed * 1000 + i``, so the
+    output is deterministic. An existing case folder is a ``ValueError`` unless ``overwrite=True`` (then it is
+    replaced).
     """
-    if num_cases < 1:
+    if int(num_cases) < 1:
         raise ValueError(f"num_cases must be >= 1, got {num_cases}.")
-    sx, sy, sz = (float(s) for s in spacing)
-    affine = np.diag([-sx, -sy, sz, 1.0])
-    affine[:3, 3] = [sx * (shape[0] - 1) / 2, sy * (shape[1] - 1) / 2, -sz * (shape[2] - 1) / 2]
+    shape = tuple(int(s) for s in shape)
+    affine = demo_affine(shape, spacing)
+    case_ids = [f"BraTS2021_{i:05d}" for i in range(int(num_cases))]
+    folders = [os.path.join(output_dir, case_id) for case_id in case_ids]
+    if not overwrite:
+        existing = [f for f in folders if os.path.exists(f)]
+        if existing:
+            raise ValueError(
+                f"Demo case folder {existing[0]} already exists ({len(existing)} of {len(folders)} case folders "
+                f"exist); pass overwrite=True to replace them or choose another output_dir."
+            )
     os.makedirs(output_dir, exist_ok=True)
-    folders = []
-    for i in range(num_cases):
-        case_id = f"BraTS2021_{i:05d}"
-        folder = os.path.join(output_dir, case_id)
+    for i, (case_id, folder) in enumerate(zip(case_ids, folders)):
         if os.path.exists(folder):
-            if not overwrite:
-                raise ValueError(f"Demo case folder {folder} exists; pass overwrite=True to replace it.")
-            shutil.rmtree(folder)
+            shutil.rmtree(folder) if os.path.isdir(folder) else os.remove(folder)
         os.makedirs(folder)
-        images, seg = make_demo_case(shape, seed=seed * 1000 + i)
+        images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing)
         for modality, volume in images.items():
             nib.save(nib.Nifti1Image(volume, affine), os.path.join(folder, f"{case_id}_{modality}.nii.gz"))
         nib.save(nib.Nifti1Image(seg, affine), os.path.join(folder, f"{case_id}_seg.nii.gz"))
-        folders.append(folder)
-    logger.info("Wrote %d synthetic demo cases to %s", num_cases, output_dir)
+    logger.info("Wrote %d synthetic demo case(s) of shape %s to %s", len(folders), shape, output_dir)
     return folders
