@@ -4,9 +4,11 @@ MONAI's ``WindowAttention(use_flash_attention=True)`` takes the fused path only 
 students and the fusion stage :func:`use_fused_window_attention` switches every ``WindowAttention`` of a model to
 a forward that calls ``torch.nn.functional.scaled_dot_product_attention`` with the relative-position bias (and the
 shifted-window mask) as an additive ``attn_mask`` whether gradients are recorded or not; gradients reach the bias
-table through the mask. Parameters, ``state_dict`` and results (to fp tolerance) are unchanged. On a GPU this avoids
-materialising the (windows x heads x N x N) score tensors; whether it helps on a CPU is measured by
-``scripts/benchmark.py``.
+table through the mask. With gradients on CUDA it keeps to the backends that differentiate the mask
+(memory-efficient attention, else math); with gradients on a CPU it takes MONAI's explicit path, because
+PyTorch's fused CPU kernel does not differentiate ``attn_mask``. Parameters, ``state_dict`` and results (to fp
+tolerance) are unchanged. On a GPU this avoids materialising the (windows x heads x N x N) score tensors; on the
+2-core CPU of docs/benchmarks.md it made inference 7-9 % faster and left training unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +19,23 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["use_fused_window_attention"]
 
 
 def _fused_forward(self: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # (requires_grad of a vmapped parameter is not visible, so grad mode decides)
+        return _sdpa_window_attention(self, x, mask)
+    if x.device.type != "cuda":
+        # PyTorch's fused CPU kernel has no gradient for attn_mask: MONAI's explicit path is the fast one here
+        return WindowAttention.forward(self, x, mask)
+    # on CUDA, keep to the backends that return the bias gradient (memory-efficient attention, else math)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return _sdpa_window_attention(self, x, mask)
+
+
+def _sdpa_window_attention(self: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     b, n, c = x.shape
     heads = self.num_heads
     q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (b, heads, n, hd)
