@@ -3,6 +3,7 @@ large_files.yml, the zip layout, and the Model Zoo CI checks (shapes, traced exp
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import importlib.metadata
 import json
@@ -13,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from diffmed_monai import bundle_tools
 from diffmed_monai.bundle_tools import (
@@ -100,17 +105,36 @@ def test_modified_schema_copy_is_refused(tmp_path, monkeypatch):
         verify_metadata_offline(META)
 
 
-def test_metadata_versions_match_installed_packages():
+def _install_requires() -> dict[str, SpecifierSet]:
+    """setup.cfg's ``install_requires`` as {normalised name: specifier}."""
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg", encoding="utf-8")
+    reqs = [Requirement(line) for line in parser["options"]["install_requires"].strip().splitlines() if line.strip()]
+    return {canonicalize_name(r.name): r.specifier for r in reqs}
+
+
+def test_metadata_versions_are_exact_and_allowed_by_setup_cfg():
+    """The Model Zoo CI pip-installs ``name==version`` for each pin, so every pin must be an exact release that
+    the package itself accepts; torch is pinned by the README and must equal the installed build, and MONAI must be
+    the installed minor release (registries move on, so other pins are checked against setup.cfg, not the env)."""
     meta = _meta()
-    assert meta["monai_version"] == importlib.metadata.version("monai")
-    assert meta["pytorch_version"] == importlib.metadata.version("torch")
-    assert meta["numpy_version"] == importlib.metadata.version("numpy")
+    allowed = _install_requires()
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg", encoding="utf-8")
+    torch_installed = Version(importlib.metadata.version("torch")).base_version
+    assert meta["pytorch_version"] == torch_installed
+    assert Version(meta["monai_version"]).release[:2] == Version(importlib.metadata.version("monai")).release[:2]
+    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     required = meta["required_packages_version"]
     for pkg in ("diffmed-monai", "pytorch-ignite", "nibabel", "einops", "transformers", "timm", "fire", "SimpleITK",
                 "tensorboard"):
         assert pkg in required, pkg
-    for pkg, version in required.items():
-        assert version == importlib.metadata.version(pkg), pkg
+    assert required["diffmed-monai"] == parser["metadata"]["version"] == meta["version"]
+    pins.update({k: v for k, v in required.items() if k != "diffmed-monai"})
+    for pkg, version in pins.items():
+        assert str(Version(version)) == version, f"{pkg}: {version!r} is not an exact release"
+        spec = allowed[canonicalize_name(pkg)]
+        assert spec.contains(version, prereleases=True), f"{pkg}=={version} is outside setup.cfg's {spec}"
     assert meta["version"] in meta["changelog"]
 
 
