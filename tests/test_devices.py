@@ -1,0 +1,82 @@
+"""The training step and the speed paths on each device: the CPU variant runs everywhere, the CUDA variant (marked
+``gpu``) runs where a GPU is present and is skipped cleanly otherwise. On CUDA the step takes the paths a CPU never
+does: the teacher in bf16 autocast, the students under AMP with MONAI's grad scaler, fused (SDPA) window attention
+with gradients and the stacked (vmapped) modality-specific students."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.inferers import SliceInferer
+
+from diffmed_monai.engines import DiffMedTrainer
+from diffmed_monai.losses import DiffMedLoss
+from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
+from diffmed_monai.networks.fused_attention import use_fused_window_attention
+
+from .conftest import TINY_NET
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _batches(n: int, size: int = 32) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        {"image": torch.randn(4, size, size, generator=g), "label": torch.randint(0, 4, (1, size, size), generator=g)}
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("speed_paths", [False, True])
+def test_training_step_on_device(device, speed_paths):
+    torch.manual_seed(0)
+    net = DiffMedDINOv3(num_classes=4, stacked_specific=speed_paths, **TINY_NET).to(device)
+    if speed_paths:
+        assert use_fused_window_attention(net) > 0
+    teacher = DINOv3Teacher(arch="tiny", random_init=True)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    student_before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    trainer = DiffMedTrainer(
+        device=torch.device(device),
+        max_epochs=2,
+        train_data_loader=DataLoader(_batches(4), batch_size=2),
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3),
+        loss_function=DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
+        teacher=teacher,
+        amp=device == "cuda",
+        amp_kwargs={"dtype": torch.bfloat16},
+        decollate=False,
+    )
+    trainer.run()
+
+    out = trainer.state.output
+    assert out["pred"].shape == (2, 4, 32, 32) and out["pred"].device.type == device
+    for key in ("loss", "loss_seg", "loss_kd", "loss_mse", "loss_kl"):
+        assert torch.isfinite(out[key]).all(), key
+    assert not any(k.startswith(("teacher", "u0", "denoised")) for k in out)  # large features are not kept
+    for name, value in trainer.teacher.state_dict().items():  # the teacher never changes
+        torch.testing.assert_close(value.cpu(), teacher_before[name], rtol=0, atol=0, msg=name)
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v.cpu(), student_before[k].cpu())]
+    assert any(k.startswith("specific_students.3.") for k in changed)
+    assert any(k.startswith("denoisers.0.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+
+
+@pytest.mark.gpu
+def test_gpu_inference_matches_cpu():
+    torch.manual_seed(0)
+    cpu_net = DiffMedDINOv3(num_classes=4, **TINY_NET).eval()
+    gpu_net = copy.deepcopy(cpu_net).cuda()
+    gpu_net.stacked_specific = True
+    use_fused_window_attention(gpu_net)
+    volume = torch.randn(1, 4, 48, 48, 6)
+    inferer = SliceInferer(roi_size=(48, 48), sw_batch_size=4, spatial_dim=2, progress=False)
+    with torch.inference_mode():
+        ref = inferer(volume, cpu_net)
+        got = inferer(volume.cuda(), gpu_net).cpu()
+    torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-3)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.999
