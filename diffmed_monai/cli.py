@@ -48,7 +48,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     With the defaults (8 cases, 20 epochs) it takes about a minute on 2 CPU cores and reaches a validation mean
     Dice near 0.8 on the synthetic cases; ``--epochs 2`` is the quickest smoke run.
     """
-    from .data import make_demo_dataset, scan_brats, split_cases, write_datalist
+    from .data.cli import make_demo_data
 
     started = time.time()
     bundle = Path(bundle_dir) if bundle_dir else repo_bundle_dir()
@@ -56,12 +56,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     work = Path(workdir).resolve()
     data_dir, run_dir, pred_dir = work / "data", work / "bundle_run", work / "predictions"
     print(f"[1/5] Demo data: {num_cases} synthetic BraTS-layout cases in {data_dir}", flush=True)
-    make_demo_dataset(str(data_dir), num_cases=num_cases, seed=seed, overwrite=True)
-    cases, skipped = scan_brats(str(data_dir))
-    train, val = split_cases(cases, val_fraction=0.25, seed=seed)
-    datalist = data_dir / "datalist.json"
-    write_datalist(str(datalist), train, val, test=val)
-    print(f"      datalist {datalist}: {len(train)} training, {len(val)} validation cases", flush=True)
+    datalist = Path(make_demo_data(str(data_dir), num_cases=num_cases, seed=seed, overwrite=True, val_fraction=0.25))
 
     common = dict(bundle_root=str(run_dir), dataset_dir=str(data_dir), datalist=str(datalist))
     train_cfgs = [bundle / "configs" / "train.json", presets / "tiny.json"]

@@ -140,10 +140,10 @@ def scan_isles22(
 ) -> tuple[list[dict], Skipped]:
     """ISLES 2022 BIDS layout under ``root``.
 
-    Images: ``rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_{dwi,adc}.nii.gz`` and
-    ``rawdata/.../anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz``; labels:
-    ``derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz``.
-    Case ids are ``sub-strokecaseXXXX_ses-0001``.
+    Images: ``rawdata/sub-strokecaseNNNN/ses-0001/dwi/sub-strokecaseNNNN_ses-0001_{dwi,adc}.nii.gz`` and
+    ``rawdata/.../anat/sub-strokecaseNNNN_ses-0001_FLAIR.nii.gz``; labels:
+    ``derivatives/sub-strokecaseNNNN/ses-0001/sub-strokecaseNNNN_ses-0001_msk.nii.gz``.
+    Case ids are ``sub-strokecaseNNNN_ses-0001``.
 
     Note: in the raw release FLAIR is NOT co-registered with DWI/ADC (other grid and affine), so the case checks
     refuse it. Register FLAIR to DWI first and put the result at the ``anat`` path, or leave ``flair`` out of
@@ -189,7 +189,7 @@ def scan_isles22(
 
 
 def scan_amos(root: str, modality: str = "ct", require_label: bool = True) -> tuple[list[dict], Skipped]:
-    """AMOS22 layout: ``imagesTr/amos_XXXX.nii.gz`` + ``labelsTr/amos_XXXX.nii.gz`` and ``imagesVa``/``labelsVa``.
+    """AMOS22 layout: ``imagesTr/amos_NNNN.nii.gz`` + ``labelsTr/amos_NNNN.nii.gz`` and ``imagesVa``/``labelsVa``.
 
     Ids below 500 are CT, 500 and above MRI; only ``modality`` ("ct" or "mri") is returned (the others are not
     reported as skipped). Each case has a one-element ``image`` list.

@@ -164,7 +164,7 @@ def make_demo_dataset(
 ) -> list[str]:
     """Write ``num_cases`` synthetic cases in the BraTS 2021 layout and return their folders.
 
-    Files: ``output_dir/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``; images float32
+    Files: ``output_dir/BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz``; images float32
     ``(X, Y, Z) = shape``, seg uint8 with BraTS labels {0, 1, 2, 4}. The affine is :func:`demo_affine`:
     ``diag(-sx, -sy, sz)``, LPS voxel order as in BraTS files. Case ``i`` uses seed ``seed * 1000 + i``, so the
     output is deterministic. An existing case folder is a ``ValueError`` unless ``overwrite=True`` (then it is
