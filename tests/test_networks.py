@@ -97,7 +97,7 @@ def _meta_layout(timm_state: dict) -> dict:
     return meta
 
 
-def test_teacher_loads_hf_timm_and_meta_layouts(tmp_path):
+def test_teacher_loads_hf_timm_and_meta_layouts(tmp_path, monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(1, 2, 32, 32)
     hf = DINOv3Teacher(arch="tiny", random_init=True)
@@ -109,6 +109,13 @@ def test_teacher_loads_hf_timm_and_meta_layouts(tmp_path):
     ref.model.load_state_dict(timm_model.state_dict())
     save_file(timm_model.state_dict(), str(tmp_path / "timm.safetensors"))
     torch.save(_meta_layout(timm_model.state_dict()), tmp_path / "meta.pth")
+    import timm.models._builder as timm_builder
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the teacher tried to download weights")
+
+    for fn in ("load_state_dict_from_url", "download_cached_file", "load_state_dict_from_hf"):
+        monkeypatch.setattr(timm_builder, fn, no_download)
     for name in ("timm.safetensors", "meta.pth"):
         loaded = DINOv3Teacher(tmp_path / name, arch="tiny")
         assert loaded.backend == "timm"
@@ -129,6 +136,9 @@ def test_teacher_path_errors(tmp_path):
         DINOv3Teacher(tmp_path / "bad.pth", arch="tiny")
     with pytest.raises(ValueError, match="teacher_arch"):
         DINOv3Teacher(arch="vit_unknown", random_init=True)
+    for missing in ("", str(tmp_path / "nowhere.pth")):  # timm would fall back to its hub for an empty file
+        with pytest.raises(ValueError, match="teacher_weights"):
+            build_timm_teacher_model("vitb16", weights_file=missing)
 
 
 def test_schedule_noising_matches_closed_form():

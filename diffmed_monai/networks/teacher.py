@@ -70,8 +70,16 @@ def build_timm_teacher_model(arch: str = "tiny", weights_file: str | None = None
 
     timm's ``checkpoint_filter_fn`` converts Meta's original ``.pth`` layout (``storage_tokens``, ``ls1.gamma``,
     ``qkv.bias``...) and passes timm-layout checkpoints through, so both load via ``pretrained_cfg_overlay``.
+    timm takes a set ``file`` before any hub or URL source, so only that local file is read; an empty or missing
+    path is refused here, because timm would otherwise fall back to downloading.
     """
     import timm
+
+    if weights_file is not None and not os.path.isfile(os.fspath(weights_file)):
+        raise ValueError(
+            f"DINOv3 timm/Meta checkpoint {weights_file!r} is not a local file (config key `teacher_weights`); "
+            "weights are never downloaded."
+        )
 
     a = _arch(arch)
     kwargs: dict = {"num_classes": 0, "dynamic_img_size": True}
