@@ -6,9 +6,9 @@ import logging
 import time
 from pathlib import Path
 
-__all__ = ["demo", "main", "repo_bundle_dir"]
+from .data import make_demo_data, prepare_datalist
 
-logger = logging.getLogger("diffmed_monai.cli")
+__all__ = ["demo", "main", "repo_bundle_dir"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,38 +41,33 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     """Run the whole DiffMedDINOv3 pipeline on generated demo data, on this machine, with the tiny preset.
 
     Steps: make ``num_cases`` BraTS-layout demo cases, write the datalist, train ``epochs`` epochs
-    (``train.json`` + ``configs/tiny.json``: tiny Swin students and a tiny RANDOMLY INITIALISED DINOv3 teacher,
-    so the run needs no weights), segment the validation cases with ``inference.json`` and evaluate them with
-    ``evaluate.json``. Prints where the label maps and the metrics CSV are, and returns those paths.
+    (``train.json`` + ``configs/presets/tiny.json``: tiny Swin students and a tiny RANDOMLY INITIALISED DINOv3
+    teacher, so the run needs no weights), segment the validation cases with ``inference.json`` and evaluate them
+    with ``evaluate.json``. Prints where the label maps and the metrics CSV are, and returns those paths.
 
     With the defaults (8 cases, 20 epochs) it takes about a minute on 2 CPU cores and reaches a validation mean
     Dice near 0.8 on the synthetic cases; ``--epochs 2`` is the quickest smoke run.
     """
-    from .data.cli import make_demo_data
-
     started = time.time()
     bundle = Path(bundle_dir) if bundle_dir else repo_bundle_dir()
-    presets = bundle.parent / "configs"
+    configs = bundle / "configs"
+    tiny = configs / "presets" / "tiny.json"
     work = Path(workdir).resolve()
     data_dir, run_dir, pred_dir = work / "data", work / "bundle_run", work / "predictions"
     print(f"[1/5] Demo data: {num_cases} synthetic BraTS-layout cases in {data_dir}", flush=True)
     datalist = Path(make_demo_data(str(data_dir), num_cases=num_cases, seed=seed, overwrite=True, val_fraction=0.25))
 
     common = dict(bundle_root=str(run_dir), dataset_dir=str(data_dir), datalist=str(datalist))
-    train_cfgs = [bundle / "configs" / "train.json", presets / "tiny.json"]
     print(f"[2/5] Training {epochs} epoch(s) with the tiny preset (random tiny teacher) -> {run_dir}", flush=True)
-    _run_bundle("training", bundle, train_cfgs, epochs=epochs, resume=False, **common)
+    _run_bundle("training", bundle, [configs / "train.json", tiny], epochs=epochs, resume=False, **common)
 
     print(f"[3/5] Inference on the validation cases -> {pred_dir}", flush=True)
-    _run_bundle(
-        "inference", bundle, [bundle / "configs" / "inference.json", presets / "tiny.json"],
-        bundle_root=str(run_dir), dataset_dir=str(data_dir), datalist=str(datalist), datalist_key="testing",
-        output_dir=str(pred_dir),
-    )
+    _run_bundle("inference", bundle, [configs / "inference.json", tiny], datalist_key="testing",
+                output_dir=str(pred_dir), **common)
 
     print("[4/5] Evaluation of the validation cases", flush=True)
     eval_dir = run_dir / "eval"
-    _run_bundle("evaluating", bundle, [*train_cfgs[:1], bundle / "configs" / "evaluate.json", train_cfgs[1]],
+    _run_bundle("evaluating", bundle, [configs / "train.json", configs / "evaluate.json", tiny],
                 output_dir=str(eval_dir), **common)
 
     labels = sorted(str(p) for p in pred_dir.glob("*.nii.gz"))
@@ -94,15 +89,8 @@ def main() -> None:
     """Entry point of the ``diffmed-monai`` console script."""
     import fire
 
-    from .data import cli as data_cli
-
-    fire.Fire(
-        {
-            "demo": demo,
-            "make-demo-data": data_cli.make_demo_data,
-            "prepare-datalist": data_cli.prepare_datalist,
-        }
-    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fire.Fire({"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist})
 
 
 if __name__ == "__main__":

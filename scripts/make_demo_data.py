@@ -3,9 +3,12 @@
     python scripts/make_demo_data.py --output_dir demo_data --num_cases 8 [--shape 96,96,64] [--overwrite]
 """
 
+import logging
+
 import fire
 
-from diffmed_monai.data.cli import make_demo_data
+from diffmed_monai.data import make_demo_data
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     fire.Fire(make_demo_data)

@@ -6,7 +6,7 @@
 Writes ``<output_dir>/<name>_v<version>.zip`` with a single top folder ``<name>/`` (configs/, docs/, LICENSE,
 large_files.yml and, when present and ``--include_weights``, models/model.pt and models/model.ts), prints its
 path and size. Files over 25 MB are refused unless large_files.yml lists them.
-See :func:`diffmed_monai.bundle_tools.pack_bundle`.
+See :func:`bundle_tools.pack_bundle`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import functools
 
 import fire
 
-from diffmed_monai.bundle_tools import pack_bundle
+from bundle_tools import pack_bundle
 
 
 @functools.wraps(pack_bundle)

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configurations so the suite runs on a 2-core CPU."""
+"""Shared fixtures: the tiny preset of the bundle, so the suite runs on a 2-core CPU."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import os
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
+
+from diffmed_monai.networks import teacher_width
+
+from .helpers import PRESETS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-TINY_NET = dict(
-    teacher_dim=32,
-    feature_size=12,
-    depths=(1, 1, 1, 1),
-    num_heads=(1, 1, 2, 2),
-    window_size=4,
-    fusion_heads=2,
-    fusion_depth=1,
-    denoiser_width=32,
-    denoiser_depth=1,
-    denoiser_heads=2,
-    decoder_dim=32,
-)
+
+def _tiny_network_kwargs() -> dict:
+    """``DiffMedDINOv3`` keyword arguments of ``bundle/configs/presets/tiny.json`` (all but modalities/classes)."""
+    preset = ConfigParser.load_config_file(str(PRESETS / "tiny.json"))
+    kwargs = {key.split("#", 1)[1]: value for key, value in preset.items() if key.startswith("network_def#")}
+    return {**kwargs, "teacher_dim": teacher_width(preset["teacher_arch"])}
+
+
+TINY_NET = _tiny_network_kwargs()
 
 
 @pytest.fixture

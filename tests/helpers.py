@@ -9,7 +9,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
-PRESETS = REPO / "configs"
+PRESETS = BUNDLE / "configs" / "presets"
 
 
 def error_chain(error: BaseException) -> str:

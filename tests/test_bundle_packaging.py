@@ -19,8 +19,11 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from diffmed_monai import bundle_tools
-from diffmed_monai.bundle_tools import (
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the bundle tools are scripts, not part of the package
+
+import bundle_tools  # noqa: E402
+from bundle_tools import (  # noqa: E402
     SCHEMA_SHA256,
     check_bundle,
     check_json_format,
@@ -31,11 +34,10 @@ from diffmed_monai.bundle_tools import (
     verify_metadata_offline,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
-TINY = REPO / "configs" / "tiny.json"
+TINY = REPO / "bundle" / "configs" / "presets" / "tiny.json"
 NAME = "diffmed_dinov3_brats_segmentation"
 
 
@@ -55,7 +57,7 @@ def _needs_network():
     if not (CONFIGS / "inference.json").is_file():
         pytest.skip("bundle/configs/inference.json is not written yet")
     if not TINY.is_file():
-        pytest.skip("configs/tiny.json is not written yet")
+        pytest.skip("bundle/configs/presets/tiny.json is not written yet")
 
 
 def _tiny_state_dict():
@@ -126,7 +128,7 @@ def test_metadata_versions_are_exact_and_allowed_by_setup_cfg():
     assert Version(meta["monai_version"]).release[:2] == Version(importlib.metadata.version("monai")).release[:2]
     pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     required = meta["required_packages_version"]
-    for pkg in ("diffmed-monai", "pytorch-ignite", "nibabel", "einops", "transformers", "timm", "fire", "SimpleITK",
+    for pkg in ("diffmed-monai", "pytorch-ignite", "nibabel", "einops", "transformers", "timm", "fire",
                 "tensorboard"):
         assert pkg in required, pkg
     assert required["diffmed-monai"] == parser["metadata"]["version"] == meta["version"]
@@ -342,14 +344,16 @@ def test_packed_bundle_loads_with_monai_bundle_load(tmp_path, monkeypatch):
     from monai.apps.utils import extractall
     from monai.bundle import ConfigParser, load
 
+    from diffmed_monai.networks import teacher_width
+
     bundle = _copy_bundle(tmp_path / "b")
     state = _tiny_state_dict()
     torch.save({"model": state}, bundle / "models" / "model.pt")
     zip_path = pack_bundle(str(bundle), str(tmp_path / "dist"), name=NAME)
     extractall(filepath=zip_path, output_dir=tmp_path / "zoo", has_base=True)
-    tiny_net = ConfigParser.load_config_file(str(TINY))["network_def"]
-    net_override = {k: v for k, v in tiny_net.items() if k != "_target_" and not str(v).startswith("@")}
-    net_override["teacher_dim"] = ConfigParser.load_config_file(str(TINY))["teacher_dim"]
+    tiny = ConfigParser.load_config_file(str(TINY))
+    net_override = {k.split("#", 1)[1]: v for k, v in tiny.items() if k.startswith("network_def#")}
+    net_override["teacher_dim"] = teacher_width(tiny["teacher_arch"])
     # `load` builds the inference workflow, whose `initialize` needs `bundle_root` ("."): run from the bundle
     monkeypatch.chdir(tmp_path / "zoo" / NAME)
     net = load(name=NAME, bundle_dir=str(tmp_path / "zoo"), source="github", workflow_type="inference",

@@ -28,7 +28,7 @@ from diffmed_monai.data import (
     split_cases,
     write_datalist,
 )
-from diffmed_monai.data.cli import make_demo_data, prepare_datalist
+from diffmed_monai.data import make_demo_data, prepare_datalist
 
 MODS = ["t1", "t1ce", "t2", "flair"]
 BRATS_LABELS = [0, 1, 2, 4]
@@ -377,12 +377,13 @@ def test_check_datalist_strict_and_lenient(tmp_path, caplog):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def test_prepare_datalist_cli(demo, tmp_path, capsys):
+def test_prepare_datalist_cli(demo, tmp_path, caplog):
+    caplog.set_level("INFO", logger="diffmed_monai")
     path = prepare_datalist("brats", str(demo), output=str(tmp_path / "dl.json"), val_fraction=0.34)
     content = json.loads(open(path).read())
     assert len(content["training"]) == 2 and len(content["validation"]) == 1
     assert content["testing"] == content["validation"]
-    assert "3 case(s)" in capsys.readouterr().out
+    assert "3 case(s)" in caplog.text
     with pytest.raises(ValueError, match="No usable case"):
         prepare_datalist("brats", str(tmp_path), output=str(tmp_path / "none.json"))
     with pytest.raises(ValueError, match="Unknown dataset"):
@@ -397,8 +398,7 @@ def test_prepare_datalist_cli(demo, tmp_path, capsys):
                                          "--modalities", "t1,t2"])
     content = json.loads(open(out).read())
     assert content["training"] == [] and [c["case_id"] for c in content["testing"]] == ["caseA"]
-    printed = capsys.readouterr().out
-    assert "skipped" in printed and "caseB" in printed and "*_t2" in printed
+    assert "skipped" in caplog.text and "caseB" in caplog.text and "*_t2" in caplog.text
 
     _nifti(tmp_path / "amos" / "imagesTr" / "amos_0600.nii.gz")
     _nifti(tmp_path / "amos" / "labelsTr" / "amos_0600.nii.gz")
@@ -408,10 +408,11 @@ def test_prepare_datalist_cli(demo, tmp_path, capsys):
     assert [c["case_id"] for c in content["training"]] == ["amos_0600"]
 
 
-def test_make_demo_data_cli(tmp_path, capsys):
+def test_make_demo_data_cli(tmp_path, caplog):
+    caplog.set_level("INFO", logger="diffmed_monai")
     path = make_demo_data(str(tmp_path / "d"), num_cases=2, shape=(32, 32, 24), val_fraction=0.5)
     content = json.loads(open(path).read())
     assert len(content["training"]) == 1 and len(content["validation"]) == 1
-    assert "Wrote 2 synthetic case(s)" in capsys.readouterr().out
+    assert "Wrote 2 synthetic demo case(s)" in caplog.text
     with pytest.raises(ValueError, match="already exists"):
         make_demo_data(str(tmp_path / "d"), num_cases=2, shape=(32, 32, 24))

@@ -1,7 +1,7 @@
-"""The training step and the speed paths on each device: the CPU variant runs everywhere, the CUDA variant (marked
-``gpu``) runs where a GPU is present and is skipped cleanly otherwise. On CUDA the step takes the paths a CPU never
-does: the teacher in bf16 autocast, the students under AMP with MONAI's grad scaler, fused (SDPA) window attention
-with gradients and the stacked (vmapped) modality-specific students."""
+"""The training step on each device: the CPU variant runs everywhere, the CUDA variant (marked ``gpu``) runs where a
+GPU is present and is skipped cleanly otherwise. On CUDA the step takes the paths a CPU never does: the teacher in
+bf16 autocast, the students under AMP with MONAI's grad scaler. Fused (SDPA) window attention at inference equals
+MONAI's explicit attention on every device."""
 
 from __future__ import annotations
 
@@ -15,11 +15,24 @@ from monai.inferers import SliceInferer
 from diffmed_monai.engines import DiffMedTrainer
 from diffmed_monai.losses import DiffMedLoss
 from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
-from diffmed_monai.networks.fused_attention import use_fused_window_attention
 
 from .conftest import TINY_NET
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_equals_explicit_attention_at_inference(device):
+    torch.manual_seed(0)
+    explicit = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET).to(device).eval()
+    fused = DiffMedDINOv3(MODALITIES, num_classes=4, **{**TINY_NET, "use_flash_attention": True}).to(device).eval()
+    fused.load_state_dict(explicit.state_dict())
+    assert fused.shared_student.swin.layers1[0].blocks[0].attn.use_flash_attention
+    assert fused.fusion.blocks.blocks[0].attn.use_flash_attention
+    x = torch.randn(2, 4, 64, 64, device=device)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), explicit(x), atol=1e-4, rtol=1e-4)
 
 
 def _batches(n: int, size: int = 32) -> list[dict]:
@@ -31,12 +44,10 @@ def _batches(n: int, size: int = 32) -> list[dict]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("speed_paths", [False, True])
-def test_training_step_on_device(device, speed_paths):
+@pytest.mark.parametrize("use_flash_attention", [False, True])
+def test_training_step_on_device(device, use_flash_attention):
     torch.manual_seed(0)
-    net = DiffMedDINOv3(num_classes=4, stacked_specific=speed_paths, **TINY_NET).to(device)
-    if speed_paths:
-        assert use_fused_window_attention(net) > 0
+    net = DiffMedDINOv3(MODALITIES, num_classes=4, **{**TINY_NET, "use_flash_attention": use_flash_attention}).to(device)
     teacher = DINOv3Teacher(arch="tiny", random_init=True)
     teacher_before = copy.deepcopy(teacher.state_dict())
     student_before = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -69,10 +80,9 @@ def test_training_step_on_device(device, speed_paths):
 @pytest.mark.gpu
 def test_gpu_inference_matches_cpu():
     torch.manual_seed(0)
-    cpu_net = DiffMedDINOv3(num_classes=4, **TINY_NET).eval()
-    gpu_net = copy.deepcopy(cpu_net).cuda()
-    gpu_net.stacked_specific = True
-    use_fused_window_attention(gpu_net)
+    cpu_net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET).eval()
+    gpu_net = DiffMedDINOv3(MODALITIES, num_classes=4, **{**TINY_NET, "use_flash_attention": True}).cuda().eval()
+    gpu_net.load_state_dict(cpu_net.state_dict())
     volume = torch.randn(1, 4, 48, 48, 6)
     inferer = SliceInferer(roi_size=(48, 48), sw_batch_size=4, spatial_dim=2, progress=False)
     with torch.inference_mode():

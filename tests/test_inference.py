@@ -127,7 +127,7 @@ def test_bad_cases_are_refused_while_good_cases_are_written(demo_cases, tmp_path
 
 
 def test_output_equal_to_input_is_refused(demo_cases, tmp_path):
-    from diffmed_monai.inference import InferenceCases
+    from diffmed_monai.data import InferenceCases
 
     case = sorted(os.listdir(demo_cases))[0]
     datalist = tmp_path / "list.json"

@@ -1,9 +1,12 @@
-"""Demo data, dataset scanners and datalists, and the case checks that refuse bad input."""
+"""Demo data, dataset scanners and datalists, inference cases, and the case checks that refuse bad input."""
 
+from .cases import InferenceCases, require_file
 from .checks import CaseError, check_case, check_datalist
 from .datalist import (
     BRATS_MODALITIES,
+    DATASET_MODALITIES,
     ISLES22_MODALITIES,
+    prepare_datalist,
     scan_amos,
     scan_brats,
     scan_folder,
@@ -11,20 +14,25 @@ from .datalist import (
     split_cases,
     write_datalist,
 )
-from .demo import DEMO_LABELS, DEMO_MODALITIES, DEMO_TISSUES, demo_affine, make_demo_case, make_demo_dataset
+from .demo import DEMO_LABELS, DEMO_MODALITIES, DEMO_TISSUES, demo_affine, make_demo_case, make_demo_data, make_demo_dataset
 
 __all__ = [
     "BRATS_MODALITIES",
     "CaseError",
+    "DATASET_MODALITIES",
     "DEMO_LABELS",
     "DEMO_MODALITIES",
     "DEMO_TISSUES",
     "ISLES22_MODALITIES",
+    "InferenceCases",
     "check_case",
     "check_datalist",
     "demo_affine",
     "make_demo_case",
+    "make_demo_data",
     "make_demo_dataset",
+    "prepare_datalist",
+    "require_file",
     "scan_amos",
     "scan_brats",
     "scan_folder",

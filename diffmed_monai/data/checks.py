@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["CaseError", "check_case", "check_datalist"]
 
-logger = logging.getLogger("diffmed_monai.data")
+logger = logging.getLogger(__name__)
 
 AFFINE_ATOL = 1e-3  # mm; modalities and label of one case must share the affine to this tolerance
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import random
 import re
@@ -19,10 +20,12 @@ from collections.abc import Sequence
 __all__ = [
     "AMOS_MRI_FIRST_ID",
     "BRATS_MODALITIES",
+    "DATASET_MODALITIES",
     "ISLES22_MODALITIES",
     "scan_amos",
     "scan_brats",
     "scan_folder",
+    "prepare_datalist",
     "scan_isles22",
     "split_cases",
     "write_datalist",
@@ -32,7 +35,17 @@ NIFTI_EXTS = (".nii.gz", ".nii")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 ISLES22_MODALITIES = ("dwi", "adc", "flair")
 AMOS_MRI_FIRST_ID = 500  # AMOS22: amos_0001..0499 are CT, amos_0500 and above MRI
+#: ``prepare_datalist`` dataset kinds and their default modalities (``folder`` needs them given)
+DATASET_MODALITIES: dict[str, tuple[str, ...] | None] = {
+    "brats": BRATS_MODALITIES,
+    "fets": BRATS_MODALITIES,
+    "isles22": ISLES22_MODALITIES,
+    "amos": ("ct",),
+    "folder": None,
+}
 Skipped = list[tuple[str, str]]
+
+logger = logging.getLogger(__name__)
 
 
 def _as_modalities(modalities: Sequence[str] | str) -> tuple[str, ...]:
@@ -291,4 +304,68 @@ def write_datalist(path: str, train: Sequence[dict], val: Sequence[dict], test: 
     with open(path, "w") as f:
         json.dump(content, f, indent=4)
         f.write("\n")
+    return path
+
+
+def prepare_datalist(
+    dataset: str,
+    root: str,
+    output: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    modalities: Sequence[str] | str | None = None,
+    require_label: bool = True,
+) -> str:
+    """Scan ``root`` in the official layout of ``dataset`` and write a datalist JSON; return its path.
+
+    Args:
+        dataset: ``brats`` (BraTS 2018-2021, also HGG/LGG), ``fets`` (same layout), ``isles22``, ``amos`` or
+            ``folder`` (inference inputs: one folder per case or one 4D file per case, no labels).
+        root: the dataset root; the datalist paths are relative to it (use it as the bundle's ``dataset_dir``).
+        output: datalist path (default ``<root>/datalist.json``).
+        val_fraction, seed: deterministic train/validation split (:func:`split_cases`); the validation cases are
+            also written as ``testing`` so inference and evaluation can run on them. ``folder`` writes every case
+            to ``testing`` only.
+        modalities: list or comma-separated string; defaults per dataset (BraTS ``t1,t1ce,t2,flair``, ISLES
+            ``dwi,adc,flair``); ``amos`` takes ``ct`` or ``mri``; ``folder`` requires it.
+        require_label: skip cases without a label (otherwise keep them without ``label``).
+
+    Logs the number of cases, the split, and every skipped case with its reason.
+    """
+    dataset = str(dataset).lower()
+    if dataset not in DATASET_MODALITIES:
+        raise ValueError(f"Unknown dataset {dataset!r}; use one of {', '.join(DATASET_MODALITIES)}.")
+    mods = _as_modalities(modalities) if modalities else DATASET_MODALITIES[dataset]
+    if dataset in ("brats", "fets"):
+        cases, skipped = scan_brats(root, mods, require_label=require_label)
+    elif dataset == "isles22":
+        cases, skipped = scan_isles22(root, mods, require_label=require_label)
+    elif dataset == "amos":
+        if len(mods) != 1:
+            raise ValueError(f"AMOS takes one modality, 'ct' or 'mri' (--modalities), got {list(mods)}.")
+        cases, skipped = scan_amos(root, mods[0], require_label=require_label)
+    else:
+        if not mods:
+            raise ValueError("dataset 'folder' needs --modalities, e.g. --modalities t1,t1ce,t2,flair")
+        cases, skipped = scan_folder(root, mods)
+    for folder, reason in skipped:
+        logger.warning("skipped %s: %s", folder, reason)
+    if not cases:
+        raise ValueError(
+            f"No usable case found under {root} for dataset {dataset!r} (modalities {list(mods)}); "
+            f"{len(skipped)} skipped."
+        )
+    output = output or os.path.join(root, "datalist.json")
+    if dataset == "folder":
+        train, val, test = [], [], cases
+        split = f"{len(test)} testing"
+    else:
+        train, val = split_cases(cases, val_fraction=val_fraction, seed=seed)
+        test = val
+        split = f"{len(train)} training, {len(val)} validation (also testing)"
+    path = write_datalist(output, train, val, test=test)
+    logger.info(
+        "%s: %d case(s) with modalities %s: %s; %d skipped -> %s (paths relative to %s: use it as `dataset_dir`)",
+        dataset, len(cases), list(mods), split, len(skipped), path, root,
+    )
     return path

@@ -19,11 +19,21 @@ import numpy as np
 from monai.transforms import RandBiasField, RandRicianNoise, Resize
 from scipy import ndimage
 
-__all__ = ["DEMO_LABELS", "DEMO_MODALITIES", "DEMO_TISSUES", "demo_affine", "make_demo_case", "make_demo_dataset"]
+from .datalist import BRATS_MODALITIES, prepare_datalist
 
-logger = logging.getLogger("diffmed_monai.data")
+__all__ = [
+    "DEMO_LABELS",
+    "DEMO_MODALITIES",
+    "DEMO_TISSUES",
+    "demo_affine",
+    "make_demo_case",
+    "make_demo_data",
+    "make_demo_dataset",
+]
 
-DEMO_MODALITIES = ("t1", "t1ce", "t2", "flair")
+logger = logging.getLogger(__name__)
+
+DEMO_MODALITIES = BRATS_MODALITIES
 DEMO_LABELS = (0, 1, 2, 4)  # BraTS 2017-2021: background, necrotic core, oedema, enhancing tumour (3 unused)
 
 # Tissue classes of the phantom (index = value in the tissue map returned by ``make_demo_case``).
@@ -194,3 +204,23 @@ def make_demo_dataset(
         nib.save(nib.Nifti1Image(seg, affine), os.path.join(folder, f"{case_id}_seg.nii.gz"))
     logger.info("Wrote %d synthetic demo case(s) of shape %s to %s", len(folders), shape, output_dir)
     return folders
+
+
+def make_demo_data(
+    output_dir: str = "demo_data",
+    num_cases: int = 8,
+    shape: Sequence[int] = (96, 96, 64),
+    spacing: Sequence[float] = (2.0, 2.0, 2.0),
+    seed: int = 0,
+    overwrite: bool = False,
+    val_fraction: float = 0.25,
+) -> str:
+    """Write synthetic BraTS-layout cases into ``output_dir`` and their datalist ``output_dir/datalist.json``.
+
+    ``val_fraction`` of the cases go to ``validation`` (and ``testing``). Returns the datalist path.
+    Example: ``python scripts/make_demo_data.py --output_dir demo_data --num_cases 8``.
+    """
+    make_demo_dataset(output_dir, num_cases=num_cases, shape=shape, spacing=spacing, seed=seed, overwrite=overwrite)
+    return prepare_datalist(
+        "brats", output_dir, output=os.path.join(output_dir, "datalist.json"), val_fraction=val_fraction, seed=seed
+    )

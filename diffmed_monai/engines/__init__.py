@@ -1,12 +1,14 @@
 """Training engine and handlers for DiffMedDINOv3 bundles."""
 
-from .handlers import ResumableCheckpoint, channel_output_transform, latest_checkpoint
-from .trainer import DiffMedTrainer, sample_modality_mask
+from .checkpoint import ResumableCheckpoint, latest_checkpoint
+from .trainer import DiffMedTrainer, DistillationBatch, DistillationInferer, loss_parts, sample_modality_mask
 
 __all__ = [
     "DiffMedTrainer",
+    "DistillationBatch",
+    "DistillationInferer",
     "ResumableCheckpoint",
-    "channel_output_transform",
     "latest_checkpoint",
+    "loss_parts",
     "sample_modality_mask",
 ]

@@ -1,19 +1,30 @@
-"""Knowledge-distillation training iteration for MONAI's Ignite-based SupervisedTrainer."""
+"""Knowledge-distillation training for MONAI's Ignite-based ``SupervisedTrainer``, without a second iteration.
+
+MONAI's ``SupervisedTrainer._iteration`` runs the step (AMP, gradient accumulation, ``torch.compile``, the
+iteration events); DiffMedDINOv3 plugs in through its public extension points:
+
+* :class:`DistillationBatch` (``prepare_batch``) moves the batch to the device, runs the frozen teacher and draws
+  the modality-dropout mask, and hands both to the inferer as keyword arguments;
+* :class:`DistillationInferer` (``inferer``) calls the student network with ``return_training_outputs=True``;
+* the loss adapter feeds those outputs to :class:`~diffmed_monai.losses.DiffMedLoss`, and a ``LOSS_COMPLETED``
+  handler leaves only the logits as ``pred`` (plus the detached loss parts) in ``engine.state.output``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.data import MetaTensor
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
+from monai.engines import IterationEvents, PrepareBatch, SupervisedTrainer, default_prepare_batch
+from monai.inferers import Inferer
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-__all__ = ["DiffMedTrainer", "sample_modality_mask"]
+from ..losses import LOSS_PARTS
 
-LOSS_PARTS = ("loss_seg", "loss_kd", "loss_mse", "loss_kl")
+__all__ = ["DiffMedTrainer", "DistillationBatch", "DistillationInferer", "loss_parts", "sample_modality_mask"]
 
 
 def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, device=None, generator=None) -> torch.Tensor:
@@ -26,22 +37,67 @@ def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, de
     return keep.float()
 
 
-def _plain(x: Any) -> Any:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
+class DistillationBatch(PrepareBatch):
+    """``prepare_batch`` of the KD step: the batch on the device, the teacher tokens and the modality mask.
+
+    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M) or None})``. The
+    teacher always sees every modality (bf16 autocast on CUDA, no gradient); while :attr:`dropout_active`, each
+    modality of the student input is dropped with ``modality_dropout`` (zeroed, and marked absent in the mask).
+    """
+
+    def __init__(self, teacher: nn.Module, modality_dropout: float = 0.0) -> None:
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"`train#trainer#modality_dropout` must be in [0, 1), got {modality_dropout}.")
+        self.teacher = teacher
+        self.modality_dropout = modality_dropout
+        self.dropout_active = False
+
+    def __call__(self, batchdata: Any, device=None, non_blocking: bool = False, **kwargs: Any):
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        plain = image.as_tensor() if isinstance(image, MetaTensor) else image
+        device_type = plain.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+            tokens = self.teacher(plain)
+        mask = None
+        if self.dropout_active and self.modality_dropout > 0:
+            mask = sample_modality_mask(plain.shape[0], plain.shape[1], self.modality_dropout, plain.device)
+            image = image * mask[:, :, None, None]
+        return image, label, (), {"teacher_tokens": tokens, "modality_mask": mask}
+
+
+class DistillationInferer(Inferer):
+    """Training "inferer": ``network(image, modality_mask, return_training_outputs=True)`` plus the KD targets.
+
+    Returns the network's training dict (``pred``, ``u0``, ``denoised``, ``denoised_noisy``...) with
+    ``teacher_tokens`` and ``modality_mask`` added, which is what :class:`DiffMedTrainer`'s loss reads.
+    """
+
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor, network: nn.Module, teacher_tokens: torch.Tensor, modality_mask=None
+    ) -> dict[str, Any]:
+        outputs = network(inputs, modality_mask=modality_mask, return_training_outputs=True)
+        return {**outputs, "teacher_tokens": teacher_tokens, "modality_mask": modality_mask}
+
+
+def loss_parts(output: dict | list) -> dict[str, torch.Tensor]:
+    """Output transform for stats handlers: ``{loss_seg, loss_kd, loss_mse, loss_kl}`` of a trainer output."""
+    first = output[0] if isinstance(output, list) else output
+    return {key: first[key] for key in LOSS_PARTS}
 
 
 class DiffMedTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` whose iteration distils a frozen DINOv3 teacher into the DiffMedDINOv3 students.
+    """``SupervisedTrainer`` that distils a frozen DINOv3 teacher into the DiffMedDINOv3 students.
 
-    Per iteration: teacher tokens ``(B, M, d, h, w)`` under ``no_grad`` (bf16 autocast on CUDA); the student
-    network with ``return_training_outputs=True`` (autocast when ``amp``); ``loss_function`` a
-    :class:`~diffmed_monai.losses.DiffMedLoss`; backward with MONAI's grad scaler when ``amp``; gradient
-    accumulation as in MONAI. It fires ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and
-    ``MODEL_COMPLETED``, so key metrics, post-processing and handlers work unchanged. ``engine.state.output``
-    keeps ``image``, ``label``, ``pred`` (logits), ``loss`` and the detached parts ``loss_seg``, ``loss_kd``,
-    ``loss_mse``, ``loss_kl``; teacher and student features are not kept.
+    Per iteration (MONAI's own): :class:`DistillationBatch` gives teacher tokens ``(B, M, d, h, w)`` and the
+    modality mask; :class:`DistillationInferer` runs the students; ``loss_function`` (a
+    :class:`~diffmed_monai.losses.DiffMedLoss`) returns the total and its parts; backward, optimiser step, AMP and
+    gradient accumulation as in MONAI. After ``LOSS_COMPLETED``, ``engine.state.output`` holds ``image``,
+    ``label``, ``pred`` (logits), ``loss`` and the detached parts ``loss_seg``, ``loss_kd``, ``loss_mse``,
+    ``loss_kl``; teacher and student features are not kept, so key metrics, post-processing and handlers work
+    unchanged. (Between ``FORWARD_COMPLETED`` and ``LOSS_COMPLETED``, ``pred`` is the training dict.)
 
-    Args (beyond ``SupervisedTrainer``'s):
+    Args (beyond ``SupervisedTrainer``'s; ``prepare_batch`` is set here, ``inferer`` defaults to
+    :class:`DistillationInferer`, and ``loss_function`` is the total loss returning a dict):
         teacher: the frozen :class:`~diffmed_monai.networks.DINOv3Teacher` (never passed to the optimiser,
             never wrapped in DDP, never checkpointed).
         modality_dropout: probability of dropping each modality from the student input (ShaSpec-style
@@ -53,78 +109,38 @@ class DiffMedTrainer(SupervisedTrainer):
         self,
         *args: Any,
         teacher: nn.Module,
+        loss_function: nn.Module,
         modality_dropout: float = 0.0,
         modality_dropout_warmup_epochs: int = 1,
+        inferer: Inferer | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        if not 0.0 <= modality_dropout < 1.0:
-            raise ValueError(f"`train#trainer#modality_dropout` must be in [0, 1), got {modality_dropout}.")
         if any(p.requires_grad for p in teacher.parameters()):
             raise ValueError("The teacher passed to DiffMedTrainer has trainable parameters; it must be frozen.")
-        student = getattr(self.network, "module", self.network)  # unwrap DDP
-        teacher_dim, student_dim = getattr(teacher, "hidden_size", None), getattr(student, "teacher_dim", None)
-        if teacher_dim is not None and student_dim is not None and teacher_dim != student_dim:
-            raise ValueError(
-                f"The teacher ({getattr(teacher, 'arch_name', '?')}) has width {teacher_dim} but the student projects "
-                f"to {student_dim}: set `teacher_dim` (network_def#teacher_dim) to {teacher_dim} or change `teacher_arch`."
-            )
+        self.total_loss = loss_function
+        super().__init__(
+            *args,
+            loss_function=self._distillation_loss,
+            prepare_batch=DistillationBatch(teacher, modality_dropout),
+            inferer=inferer if inferer is not None else DistillationInferer(),
+            **kwargs,
+        )
         self.teacher = teacher.to(self.state.device)
-        self.modality_dropout = modality_dropout
         self.modality_dropout_warmup_epochs = modality_dropout_warmup_epochs
+        self.add_event_handler(Events.EPOCH_STARTED, self._update_modality_dropout)
+        self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_logits_only)
 
-    def _iteration(self, engine: DiffMedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        image, label = _plain(inputs), _plain(targets)
-        device_type = image.device.type
+    def _distillation_loss(self, outputs: dict[str, Any], label: torch.Tensor) -> torch.Tensor:
+        parts = self.total_loss(outputs, label, outputs["teacher_tokens"], outputs["modality_mask"])
+        outputs["loss_parts"] = {key: parts[key].detach() for key in LOSS_PARTS}
+        return parts["loss"]
 
-        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-            teacher_tokens = engine.teacher(image)
+    def _update_modality_dropout(self, engine: DiffMedTrainer) -> None:
+        engine.prepare_batch.dropout_active = engine.state.epoch > engine.modality_dropout_warmup_epochs
 
-        mask = None
-        if engine.modality_dropout > 0 and engine.state.epoch > engine.modality_dropout_warmup_epochs:
-            mask = sample_modality_mask(image.shape[0], image.shape[1], engine.modality_dropout, image.device)
-            image = image * mask[:, :, None, None]
-
-        acc = engine.accumulation_steps
-        local_iter = engine.state.iteration - 1
-        epoch_length = engine.state.epoch_length
-        if epoch_length is not None:
-            local_iter %= epoch_length
-        should_zero_grad = acc <= 1 or local_iter % acc == 0
-        should_step = acc <= 1 or (local_iter + 1) % acc == 0 or (local_iter + 1) == epoch_length
-
-        engine.network.train()
-        if should_zero_grad:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        use_amp = engine.amp and engine.scaler is not None
-        with torch.autocast(device_type, enabled=use_amp, **engine.amp_kwargs):
-            outputs = engine.network(image, modality_mask=mask, return_training_outputs=True)
-            engine.state.output[Keys.PRED] = outputs["pred"]
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            parts = engine.loss_function(outputs, label, teacher_tokens, mask)
-        loss = parts["loss"]
-        engine.state.output[Keys.LOSS] = loss
-        for key in LOSS_PARTS:
-            engine.state.output[key] = parts[key].detach()
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
-        scaled = loss / acc if acc > 1 else loss
-        if use_amp:
-            engine.scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if should_step:
-            if use_amp:
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-            else:
-                engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+    @staticmethod
+    def _keep_logits_only(engine: DiffMedTrainer) -> None:
+        output = engine.state.output
+        training_outputs = output[Keys.PRED]
+        output[Keys.PRED] = training_outputs["pred"]
+        output.update(training_outputs["loss_parts"])

@@ -1,5 +1,6 @@
 """Diffusion knowledge-distillation loss and the total DiffMedDINOv3 loss."""
 
-from .kd import DiffMedLoss, DiffusionKDLoss
+from .kd import DiffusionKDLoss
+from .total import LOSS_PARTS, DiffMedLoss
 
-__all__ = ["DiffMedLoss", "DiffusionKDLoss"]
+__all__ = ["LOSS_PARTS", "DiffMedLoss", "DiffusionKDLoss"]

@@ -1,10 +1,11 @@
 """DiffMedDINOv3 networks: frozen DINOv3 teacher, Swin students, fusion, denoisers, decoders."""
 
 from .decoders import MLPDecoder, MultiScaleMLPDecoder, build_decoder
+from .denoiser import TokenDenoiser
 from .diffmed import DiffMedDINOv3
-from .diffusion import ModalityProjection, SwinFusion, TokenDenoiser
+from .fusion import ModalityProjection, SwinFusion
 from .students import SwinStudent
-from .teacher import TEACHER_ARCHS, DINOv3Teacher, TeacherArch, build_timm_teacher_model, build_tiny_hf_teacher_model
+from .teacher import TEACHER_ARCHS, DINOv3Teacher, build_hf_teacher_model, build_timm_teacher_model, teacher_width
 
 __all__ = [
     "DINOv3Teacher",
@@ -15,9 +16,9 @@ __all__ = [
     "SwinFusion",
     "SwinStudent",
     "TEACHER_ARCHS",
-    "TeacherArch",
     "TokenDenoiser",
     "build_decoder",
+    "build_hf_teacher_model",
     "build_timm_teacher_model",
-    "build_tiny_hf_teacher_model",
+    "teacher_width",
 ]

@@ -10,8 +10,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from .decoders import build_decoder
-from .diffusion import ModalityProjection, SwinFusion, TokenDenoiser
-from .stacked import stacked_forward
+from .denoiser import TokenDenoiser
+from .fusion import ModalityProjection, SwinFusion
 from .students import SwinStudent
 
 __all__ = ["DiffMedDINOv3"]
@@ -50,10 +50,9 @@ class DiffMedDINOv3(nn.Module):
         use_checkpoint: gradient checkpointing in the Swin students.
         check_inputs: validate shapes at each call, and in eval mode finiteness too (a host sync; training
             data is checked before training starts); skipped while tracing or compiling.
-        stacked_specific: run the M modality-specific students, and the M denoisers, as one batched call each
-            (stacked weights + ``torch.vmap``, see :func:`~diffmed_monai.networks.stacked.stacked_forward`) instead
-            of a Python loop. Same parameters, ``state_dict`` and results (to fp tolerance); fewer, larger kernels.
-            Not combinable with ``use_checkpoint``. A plain attribute: it can be switched on a built network.
+        use_flash_attention: MONAI's fused (``scaled_dot_product_attention``) window attention in the students and
+            the fusion stage whenever no gradient is recorded (inference, validation); same parameters and results
+            (to fp tolerance). On in the shipped configs: faster inference, see ``docs/benchmarks.md``.
 
     Forward input: ``image`` ``(B, M, H, W)``, H and W multiples of 16; optional ``modality_mask`` ``(B, M)``
     (1 present, 0 absent: the absent branch is replaced by the mean of the present modalities' features).
@@ -65,8 +64,8 @@ class DiffMedDINOv3(nn.Module):
 
     def __init__(
         self,
-        modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"),
-        num_classes: int = 4,
+        modalities: Sequence[str],
+        num_classes: int,
         teacher_dim: int = 768,
         feature_size: int = 48,
         depths: Sequence[int] = (2, 2, 6, 2),
@@ -86,7 +85,7 @@ class DiffMedDINOv3(nn.Module):
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         check_inputs: bool = True,
-        stacked_specific: bool = False,
+        use_flash_attention: bool = False,
     ) -> None:
         super().__init__()
         modalities = [str(m) for m in modalities]
@@ -104,9 +103,6 @@ class DiffMedDINOv3(nn.Module):
         self.num_classes = num_classes
         self.teacher_dim = teacher_dim
         self.check_inputs = check_inputs
-        if stacked_specific and use_checkpoint:
-            raise ValueError("`network_def#stacked_specific` cannot be combined with `use_checkpoint` (vmap).")
-        self.stacked_specific = bool(stacked_specific)
         self.max_train_timestep = num_train_timesteps - 1 if max_train_timestep is None else int(max_train_timestep)
         if not 1 <= seg_timestep <= self.max_train_timestep < num_train_timesteps:
             raise ValueError(
@@ -117,12 +113,15 @@ class DiffMedDINOv3(nn.Module):
 
         student_kw = dict(
             feature_size=feature_size, depths=depths, num_heads=num_heads, window_size=window_size,
-            drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint,
+            drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, use_flash_attention=use_flash_attention,
         )
         self.shared_student = SwinStudent(**student_kw)
         self.specific_students = nn.ModuleList(SwinStudent(**student_kw) for _ in modalities)
         c4, c8, c16 = self.shared_student.out_channels
-        self.fusion = SwinFusion(c16, num_heads=fusion_heads, window_size=window_size, depth=fusion_depth)
+        self.fusion = SwinFusion(
+            c16, num_heads=fusion_heads, window_size=window_size, depth=fusion_depth,
+            use_flash_attention=use_flash_attention,
+        )
         self.projection = ModalityProjection(self.num_modalities, c16, teacher_dim)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule)
         self.register_buffer("sqrt_alpha_bar", self.scheduler.alphas_cumprod.float().sqrt(), persistent=False)
@@ -184,12 +183,8 @@ class DiffMedDINOv3(nn.Module):
         """
         b, m, h, w = image.shape
         a4, a8, a16 = self.shared_student(image.reshape(b * m, 1, h, w))  # one batched call for all modalities
-        if self.stacked_specific:  # one vmapped call over stacked weights: (M, B, 1, H, W) -> 3 x (M, B, C, h, w)
-            spec = stacked_forward(self.specific_students, image.transpose(0, 1).unsqueeze(2))
-            h4, h8, h16 = (s.transpose(0, 1).flatten(0, 1) for s in spec)
-        else:
-            spec = [student(image[:, i : i + 1]) for i, student in enumerate(self.specific_students)]
-            h4, h8, h16 = (torch.stack([s[k] for s in spec], dim=1).flatten(0, 1) for k in range(3))
+        spec = [student(image[:, i : i + 1]) for i, student in enumerate(self.specific_students)]
+        h4, h8, h16 = (torch.stack([s[k] for s in spec], dim=1).flatten(0, 1) for k in range(3))
         fused = self.fusion(a16, h16)  # (B*M, C, h, w)
         u0 = self.projection(fused.unflatten(0, (b, m)))
         u0 = _substitute_absent(u0, modality_mask)
@@ -201,8 +196,6 @@ class DiffMedDINOv3(nn.Module):
     def denoise(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-modality denoisers: ``u`` ``(B, M, d, h, w)``, ``t`` ``(B,)`` -> x0 estimate ``(B, M, d, h, w)``."""
         sab = self.sqrt_alpha_bar[t]
-        if self.stacked_specific:  # one vmapped call over the M denoisers' stacked weights
-            return stacked_forward(self.denoisers, u.transpose(0, 1), t, sab).transpose(0, 1)
         return torch.stack([den(u[:, i], t, sab) for i, den in enumerate(self.denoisers)], dim=1)
 
     def decode(self, denoised: torch.Tensor, skips, out_size) -> torch.Tensor:

@@ -22,6 +22,8 @@ class SwinStudent(nn.Module):
         feature_size: embedding width F; the maps have 2F, 4F and 8F channels.
         depths, num_heads: blocks and heads of the four stages.
         window_size: attention window (8 avoids padding at 256 px).
+        use_flash_attention: MONAI's fused (``scaled_dot_product_attention``) window attention when no gradient is
+            recorded (inference and validation); training keeps MONAI's explicit attention.
 
     Input: ``(N, in_channels, H, W)``, H and W multiples of 16.
     Output: tuple ``(s4 (N, 2F, H/4, W/4), s8 (N, 4F, H/8, W/8), s16 (N, 8F, H/16, W/16))``, each layer-normalised
@@ -37,6 +39,7 @@ class SwinStudent(nn.Module):
         window_size: int = 8,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        use_flash_attention: bool = False,
     ) -> None:
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
@@ -52,7 +55,7 @@ class SwinStudent(nn.Module):
             drop_path_rate=drop_path_rate,
             use_checkpoint=use_checkpoint,
             spatial_dims=2,
-            use_flash_attention=False,
+            use_flash_attention=use_flash_attention,
         )
         # Keep the last stage at stride 16: its blocks then refine the map aligned with the teacher grid.
         self.swin.layers4[0].downsample = None
@@ -63,10 +66,6 @@ class SwinStudent(nn.Module):
         return 2 * f, 4 * f, 8 * f
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.swin
-        x0 = s.pos_drop(s.patch_embed(x))
-        x1 = s.layers1[0](x0.contiguous())
-        x2 = s.layers2[0](x1.contiguous())
-        x3 = s.layers3[0](x2.contiguous())
-        x4 = s.layers4[0](x3.contiguous())
-        return s.proj_out(x1, True), s.proj_out(x2, True), s.proj_out(x4, True)
+        # MONAI returns the (normalised) maps at strides 2, 4, 8, 16 and, with the last merge removed, 16 again
+        _, s4, s8, _, s16 = self.swin(x, normalize=True)
+        return s4, s8, s16

@@ -2,70 +2,40 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["DINOv3Teacher", "TEACHER_ARCHS", "TeacherArch", "build_tiny_hf_teacher_model", "build_timm_teacher_model"]
+__all__ = ["DINOv3Teacher", "TEACHER_ARCHS", "build_hf_teacher_model", "build_timm_teacher_model", "teacher_width"]
 
-logger = logging.getLogger("diffmed_monai.teacher")
+logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class TeacherArch:
-    """Shape of a DINOv3 ViT: the names timm uses and the sizes transformers needs."""
-
-    timm_name: str
-    hidden_size: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    gated_mlp: bool = False
-
-
-#: Named architectures. ``tiny`` is a random test/demo teacher (head_dim 16, a multiple of 4 as RoPE needs).
-TEACHER_ARCHS: dict[str, TeacherArch] = {
-    "tiny": TeacherArch("vit_small_patch16_dinov3", 32, 1, 2, mlp_ratio=2.0),
-    "vits16": TeacherArch("vit_small_patch16_dinov3", 384, 12, 6),
-    "vits16plus": TeacherArch("vit_small_plus_patch16_dinov3", 384, 12, 6, mlp_ratio=6.0, gated_mlp=True),
-    "vitb16": TeacherArch("vit_base_patch16_dinov3", 768, 12, 12),
-    "vitl16": TeacherArch("vit_large_patch16_dinov3", 1024, 24, 16),
-    "vith16plus": TeacherArch("vit_huge_plus_patch16_dinov3", 1280, 32, 20, mlp_ratio=6.0, gated_mlp=True),
+#: Config key ``teacher_arch`` -> timm model name. Sizes, register tokens and normalisation come from timm's
+#: registry and pretrained config of that model. ``tiny`` is a random test/demo teacher: ViT-S shrunk by
+#: :data:`TINY_TEACHER` (head_dim 16, a multiple of 4 as RoPE needs).
+TEACHER_ARCHS: dict[str, str] = {
+    "tiny": "vit_small_patch16_dinov3",
+    "vits16": "vit_small_patch16_dinov3",
+    "vits16plus": "vit_small_plus_patch16_dinov3",
+    "vitb16": "vit_base_patch16_dinov3",
+    "vitl16": "vit_large_patch16_dinov3",
+    "vith16plus": "vit_huge_plus_patch16_dinov3",
 }
+TINY_TEACHER = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0)
 
 
-def _arch(arch: str) -> TeacherArch:
+def _timm_name(arch: str) -> str:
     if arch not in TEACHER_ARCHS:
-        raise ValueError(f"Unknown teacher architecture {arch!r} (config key `teacher_arch`); choose one of {sorted(TEACHER_ARCHS)}.")
+        raise ValueError(
+            f"Unknown teacher architecture {arch!r} (config key `teacher_arch`); choose one of {sorted(TEACHER_ARCHS)}."
+        )
     return TEACHER_ARCHS[arch]
 
 
-def build_tiny_hf_teacher_model(arch: str = "tiny"):
-    """A randomly initialised transformers ``DINOv3ViTModel`` with the named architecture."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    a = _arch(arch)
-    config = DINOv3ViTConfig(
-        hidden_size=a.hidden_size,
-        intermediate_size=int(a.hidden_size * a.mlp_ratio),
-        num_hidden_layers=a.depth,
-        num_attention_heads=a.num_heads,
-        num_register_tokens=a.num_register_tokens,
-        use_gated_mlp=a.gated_mlp,
-        layerscale_value=1e-5,
-        key_bias=False,
-    )
-    return DINOv3ViTModel(config)
-
-
-def build_timm_teacher_model(arch: str = "tiny", weights_file: str | None = None):
+def build_timm_teacher_model(arch: str = "tiny", weights_file: str | None = None) -> nn.Module:
     """A timm DINOv3 ViT; with ``weights_file`` the file goes through timm's own key conversion.
 
     timm's ``checkpoint_filter_fn`` converts Meta's original ``.pth`` layout (``storage_tokens``, ``ls1.gamma``,
@@ -75,19 +45,49 @@ def build_timm_teacher_model(arch: str = "tiny", weights_file: str | None = None
     """
     import timm
 
+    name = _timm_name(arch)
     if weights_file is not None and not os.path.isfile(os.fspath(weights_file)):
         raise ValueError(
             f"DINOv3 timm/Meta checkpoint {weights_file!r} is not a local file (config key `teacher_weights`); "
             "weights are never downloaded."
         )
-
-    a = _arch(arch)
-    kwargs: dict = {"num_classes": 0, "dynamic_img_size": True}
-    if arch == "tiny":
-        kwargs.update(embed_dim=a.hidden_size, depth=a.depth, num_heads=a.num_heads, mlp_ratio=a.mlp_ratio)
+    kwargs: dict = {"num_classes": 0, "dynamic_img_size": True, **(TINY_TEACHER if arch == "tiny" else {})}
     if weights_file is None:
-        return timm.create_model(a.timm_name, pretrained=False, **kwargs)
-    return timm.create_model(a.timm_name, pretrained=True, pretrained_cfg_overlay={"file": weights_file}, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights_file}, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_layout(arch: str) -> nn.Module:
+    """The timm model of ``arch`` on the meta device: its sizes and pretrained config, no memory for weights."""
+    with torch.device("meta"):
+        return build_timm_teacher_model(arch)
+
+
+def teacher_width(arch: str) -> int:
+    """Token width d of ``teacher_arch`` (384 ViT-S, 768 ViT-B, 1024 ViT-L...), read from timm's registry."""
+    return int(_timm_layout(arch).embed_dim)
+
+
+def build_hf_teacher_model(arch: str = "tiny") -> nn.Module:
+    """A randomly initialised transformers ``DINOv3ViTModel`` with the sizes timm registers for ``arch``."""
+    from timm.layers import SwiGLU
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    layout = _timm_layout(arch)
+    block = layout.blocks[0]
+    gated = isinstance(block.mlp, SwiGLU)
+    config = DINOv3ViTConfig(
+        hidden_size=layout.embed_dim,
+        intermediate_size=(block.mlp.fc1_x if gated else block.mlp.fc1).out_features,
+        num_hidden_layers=len(layout.blocks),
+        num_attention_heads=block.attn.num_heads,
+        num_register_tokens=layout.num_prefix_tokens - 1,
+        use_gated_mlp=gated,
+        layerscale_value=1e-5,
+        key_bias=False,
+    )
+    return DINOv3ViTModel(config)
 
 
 class DINOv3Teacher(nn.Module):
@@ -104,10 +104,10 @@ class DINOv3Teacher(nn.Module):
 
     Input: ``(B, M, H, W)`` slices (any intensity scale), H and W multiples of 16.
     Output: ``(B, M, d, H/16, W/16)`` last-layer patch tokens (CLS and register tokens dropped).
-    Each (slice, modality) is rescaled to [0, 1], repeated to 3 channels and normalised with the ImageNet mean/std
-    DINOv3 was trained with. All modalities of the batch go through the ViT in one call.
-    The module is always in eval mode (``train()`` is overridden: DINOv3 jitters RoPE coordinates in train mode)
-    and has no trainable parameters.
+    Each (slice, modality) is rescaled to [0, 1], repeated to 3 channels and normalised with the mean/std of timm's
+    pretrained config for ``arch`` (the ImageNet statistics DINOv3 was trained with). All modalities of the batch
+    go through the ViT in one call. The module is always in eval mode (``train()`` is overridden: DINOv3 jitters
+    RoPE coordinates in train mode) and has no trainable parameters.
     """
 
     patch_size = 16
@@ -117,7 +117,7 @@ class DINOv3Teacher(nn.Module):
     ) -> None:
         super().__init__()
         self.arch_name = arch
-        arch_spec = _arch(arch)
+        expected_width = teacher_width(arch)
         if backend not in ("auto", "hf", "timm"):
             raise ValueError(f"teacher backend {backend!r} (config key `teacher#backend`) must be 'auto', 'hf' or 'timm'.")
         if weights_path is None:
@@ -128,7 +128,7 @@ class DINOv3Teacher(nn.Module):
                     "or set `teacher_random_init` to true for an untrained teacher (tests and demo only)."
                 )
             self.backend = "timm" if backend == "timm" else "hf"
-            self.model = build_timm_teacher_model(arch) if self.backend == "timm" else build_tiny_hf_teacher_model(arch)
+            self.model = build_timm_teacher_model(arch) if self.backend == "timm" else build_hf_teacher_model(arch)
             logger.warning(
                 "DINOv3 teacher %r is RANDOMLY INITIALISED (no weights loaded): fine for tests, the demo and "
                 "benchmarks, meaningless for real distillation.", arch
@@ -150,16 +150,17 @@ class DINOv3Teacher(nn.Module):
         self.hidden_size = int(
             self.model.config.hidden_size if self.backend == "hf" else self.model.embed_dim  # type: ignore[union-attr]
         )
-        if self.hidden_size != arch_spec.hidden_size:
+        if self.hidden_size != expected_width:
             raise ValueError(
                 f"Teacher weights {weights_path!r} have width {self.hidden_size}, but `teacher_arch`={arch!r} has "
-                f"width {arch_spec.hidden_size}; set `teacher_arch` to the architecture of the checkpoint."
+                f"width {expected_width}; set `teacher_arch` to the architecture of the checkpoint."
             )
         self.num_prefix_tokens = (
             1 + int(self.model.config.num_register_tokens) if self.backend == "hf" else int(self.model.num_prefix_tokens)
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        pretrained_cfg = _timm_layout(arch).pretrained_cfg
+        self.register_buffer("mean", torch.tensor(pretrained_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pretrained_cfg["std"]).view(1, 3, 1, 1), persistent=False)
         self.model.requires_grad_(False)
         self.train(False)
 
@@ -181,7 +182,7 @@ class DINOv3Teacher(nn.Module):
         return super().train(False)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) slices -> (N, 3, H, W): per-slice min-max to [0, 1], grey to RGB, ImageNet mean/std."""
+        """(N, H, W) slices -> (N, 3, H, W): per-slice min-max to [0, 1], grey to RGB, pretrained mean/std."""
         flat = x.flatten(1)
         lo = flat.amin(dim=1).view(-1, 1, 1)
         hi = flat.amax(dim=1).view(-1, 1, 1)

@@ -14,7 +14,7 @@ from monai.transforms import MapTransform
 
 __all__ = ["SaveLabelNiftid", "output_path_for", "write_nifti_atomic"]
 
-logger = logging.getLogger("diffmed_monai.inference")
+logger = logging.getLogger(__name__)
 
 
 def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: str = ".nii.gz") -> str:

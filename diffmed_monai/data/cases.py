@@ -7,11 +7,13 @@ import logging
 import os
 from collections.abc import Sequence
 
-from .transforms.io import output_path_for
+from ..transforms.io import output_path_for
+from .checks import check_case
+from .datalist import scan_folder
 
 __all__ = ["InferenceCases", "require_file"]
 
-logger = logging.getLogger("diffmed_monai.inference")
+logger = logging.getLogger(__name__)
 
 
 def require_file(path: str, key: str) -> str:
@@ -26,7 +28,7 @@ class InferenceCases:
 
     Cases come from ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``) or, when no
     datalist is given, from scanning ``dataset_dir`` (one folder per case with ``<case>_<modality>.nii.gz`` files,
-    or one 4D NIfTI per case). Each case is checked with :func:`diffmed_monai.data.check_case` (readable, 3D or
+    or one 4D NIfTI per case). Each case is checked with :func:`~diffmed_monai.data.check_case` (readable, 3D or
     one 4D file, matching shapes and affines, finite voxels) and its output path must not be one of its inputs.
     Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
     (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``input_files``.
@@ -43,8 +45,6 @@ class InferenceCases:
         output_postfix: str = "seg",
         check_finite: bool = True,
     ) -> None:
-        from .data import check_case, scan_folder
-
         self.output_dir = output_dir
         self.failures: list[tuple[str, str]] = []
         self.valid: list[dict] = []

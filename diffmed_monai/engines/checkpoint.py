@@ -1,19 +1,17 @@
-"""Handlers and output transforms used by the bundle configs."""
+"""Resumable training checkpoints on MONAI's ``CheckpointSaver`` and ``CheckpointLoader``."""
 
 from __future__ import annotations
 
 import glob
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.utils import CommonKeys as Keys
 
-__all__ = ["ResumableCheckpoint", "channel_output_transform", "latest_checkpoint"]
+__all__ = ["ResumableCheckpoint", "latest_checkpoint"]
 
-logger = logging.getLogger("diffmed_monai.engines")
+logger = logging.getLogger(__name__)
 
 
 def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_*.pt") -> str | None:
@@ -62,18 +60,3 @@ class ResumableCheckpoint:
             save_dir=self.ckpt_dir, save_dict=objects, save_interval=self.save_interval, epoch_level=True,
             n_saved=self.n_saved,
         ).attach(engine)
-
-
-def channel_output_transform(channel: int, pred_key: str = Keys.PRED, label_key: str = Keys.LABEL) -> Callable:
-    """Output transform for a per-class metric: one-hot ``pred``/``label`` lists -> channel ``channel`` only.
-
-    Use with MONAI metric handlers (``include_background=True``) after decollating post-processing.
-    """
-
-    def _transform(output):
-        items = output if isinstance(output, list) else [output]
-        preds = [torch.as_tensor(item[pred_key])[channel : channel + 1] for item in items]
-        labels = [torch.as_tensor(item[label_key])[channel : channel + 1] for item in items]
-        return preds, labels
-
-    return _transform

@@ -10,21 +10,18 @@ Two entry points (command lines in ``scripts/pack_bundle.py`` and ``scripts/chec
   its pre-commit hooks and unit tests run (4-space JSON, ``logging.conf`` accepted by MONAI's safe loader, train and
   inference workflow properties) and prints a PASS / WARN / FAIL / SKIP table.
 
-The metadata schema is read from the copy shipped in ``diffmed_monai/resources`` (MONAI's ``verify_metadata``
+The metadata schema is read from the copy kept in ``scripts/resources`` (MONAI's ``verify_metadata``
 would otherwise download it): ``download_url`` skips the download when the target file exists, after checking
 its SHA-256 against :data:`SCHEMA_SHA256`.
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import hashlib
-import io
 import importlib.metadata
 import json
 import logging
-import logging.config
 import os
 import shutil
 import tempfile
@@ -48,9 +45,9 @@ __all__ = [
     "verify_metadata_offline",
 ]
 
-logger = logging.getLogger("diffmed_monai.bundle_tools")
+logger = logging.getLogger(__name__)
 
-#: Folder of the meta-schemas shipped with the package.
+#: Folder of the meta-schemas kept beside this script.
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 #: SHA-256 of each shipped schema, checked before it is used (a modified copy is refused).
@@ -185,24 +182,18 @@ def check_json_format(path: str | os.PathLike, indent: int = 4) -> str | None:
 def check_logging_conf(path: str | os.PathLike) -> None:
     """Raise ``ValueError`` unless MONAI's bundle loader accepts ``path`` and ``logging`` can apply it.
 
-    MONAI >= 1.6 refuses logging INI files that name non-stdlib classes or non-literal arguments before calling
-    ``logging.config.fileConfig``; the same check is run here, then the file is applied and the previous root
-    logger state restored.
+    The file goes through ``ConfigWorkflow(logging_file=...)``, which (MONAI >= 1.6) refuses logging INI files that
+    name non-stdlib classes or non-literal arguments before applying them; the previous root logger is restored.
     """
-    try:
-        from monai.bundle.workflows import _reject_executable_logging_config as monai_check
-    except ImportError:  # MONAI < 1.6 has no such check: fall back to a plain parse
-        monai_check = None
-    if monai_check is not None:
-        content = monai_check(str(path))
-    else:
-        content = Path(path).read_text(encoding="utf-8")
-        parser = configparser.RawConfigParser()
-        parser.read_string(content)
+    from monai.bundle import ConfigWorkflow
+
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     try:
-        logging.config.fileConfig(io.StringIO(content), disable_existing_loggers=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            empty = Path(tmp) / "empty.json"
+            empty.write_text("{}")
+            ConfigWorkflow(config_file=str(empty), logging_file=os.fspath(path), workflow_type=None)
     except Exception as err:
         raise ValueError(f"logging config {path} cannot be applied: {_error_text(err)}") from err
     finally:
@@ -500,7 +491,7 @@ def check_bundle(
         bundle_dir: the bundle folder.
         dataset_dir: data for the workflow property checks (a folder with ``datalist.json`` for training and
             cases for inference); by default synthetic demo cases are generated in a temporary folder.
-        presets: extra config files merged over ``train.json`` and ``inference.json`` (e.g. ``configs/tiny.json``
+        presets: extra config files merged over ``train.json`` and ``inference.json`` (e.g. ``bundle/configs/presets/tiny.json``
             for a small network); they must match ``models/model.pt`` if it exists.
         overrides: config id -> value overrides for every workflow (e.g. ``{"teacher_weights": "/models/vitb16"}``).
             The property checks also set ``cache_rate`` 0, ``num_workers`` 0 and, unless ``teacher_weights`` is
