@@ -62,7 +62,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     _run_bundle("training", bundle, [configs / "train.json", tiny], epochs=epochs, resume=False, **common)
 
     print(f"[3/5] Inference on the validation cases -> {pred_dir}", flush=True)
-    _run_bundle("inference", bundle, [configs / "inference.json", tiny], datalist_key="testing",
+    _run_bundle("inference", bundle, [configs / "inference.json", tiny], datalist_key="testing", overwrite=True,
                 output_dir=str(pred_dir), **common)
 
     print("[4/5] Evaluation of the validation cases", flush=True)

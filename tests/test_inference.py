@@ -131,8 +131,72 @@ def test_output_equal_to_input_is_refused(demo_cases, tmp_path):
 
     case = sorted(os.listdir(demo_cases))[0]
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"testing": [{"case_id": f"{case}_t1", "image": [
-        f"{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]}]}))
-    cases = InferenceCases(str(demo_cases), ["t1", "t1ce", "t2", "flair"], output_dir=str(demo_cases / case),
-                           datalist=str(datalist), output_postfix="")
-    assert not cases.valid and "overwrite its input" in cases.failures[0][1]
+    image = [str(demo_cases / case / f"{case}_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
+    datalist.write_text(json.dumps({"testing": [{"case_id": f"{case}_t1", "image": image}]}))
+    link = tmp_path / "out"  # another name for the case folder: the realpath check still sees the input
+    link.symlink_to(demo_cases / case)
+    with pytest.raises(ValueError, match="output_dir"):
+        InferenceCases(str(tmp_path / "elsewhere"), ["t1", "t1ce", "t2", "flair"], output_dir=str(link),
+                       datalist=str(datalist), output_postfix="")
+
+
+def _checksums(folder) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["dataset_dir", "inside_dataset_dir", "case_folder"])
+def test_output_dir_in_the_inputs_is_refused_before_any_case_runs(demo_cases, tmp_path, where):
+    import shutil
+
+    data = tmp_path / "cases"
+    shutil.copytree(demo_cases, data)
+    case = sorted(os.listdir(data))[0]
+    out = {"dataset_dir": data, "inside_dataset_dir": data / "predictions", "case_folder": data / case}[where]
+    ckpt = tmp_path / "models" / "model.pt"
+    _tiny_checkpoint(ckpt)
+    before = _checksums(data)
+    with pytest.raises(Exception) as err:
+        _run_inference(data, out, ckpt)
+    assert "`output_dir`" in error_chain(err.value) and str(data) in error_chain(err.value)
+    assert _checksums(data) == before
+
+
+def test_existing_outputs_are_never_replaced_unless_overwrite_and_own(demo_cases, tmp_path):
+    ckpt = tmp_path / "models" / "model.pt"
+    _tiny_checkpoint(ckpt)
+    out = tmp_path / "pred"
+    first, second = sorted(os.listdir(demo_cases))
+    out.mkdir()
+    foreign = out / f"{first}_seg.nii.gz"  # e.g. a ground-truth label someone keeps there
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), foreign)
+    foreign_bytes = foreign.read_bytes()
+
+    wf = _run_inference(demo_cases, out, ckpt)
+    with pytest.raises(RuntimeError) as err:
+        wf.finalize()
+    assert first in error_chain(err.value) and "overwrite" in error_chain(err.value)
+    assert foreign.read_bytes() == foreign_bytes  # left as it was
+    own = out / f"{second}_seg.nii.gz"
+    assert own.is_file() and (own.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+    # a second run refuses the earlier prediction too, unless `overwrite`; even then the foreign file stays
+    own_bytes = own.read_bytes()
+    with pytest.raises(RuntimeError):
+        _run_inference(demo_cases, out, ckpt).finalize()
+    assert own.read_bytes() == own_bytes and foreign.read_bytes() == foreign_bytes
+    os.utime(own, (0, 0))
+    wf = _run_inference(demo_cases, out, ckpt, overwrite=True)
+    with pytest.raises(RuntimeError) as err:
+        wf.finalize()
+    assert first in error_chain(err.value)
+    assert own.stat().st_mtime > 0 and foreign.read_bytes() == foreign_bytes  # own prediction rewritten
+    assert sorted(os.listdir(out)) == [f"{first}_seg.nii.gz", f"{second}_seg.nii.gz"]  # no temporary files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

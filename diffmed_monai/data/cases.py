@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from ..transforms.io import output_path_for
+from ..transforms.io import is_own_prediction, output_path_for
 from .checks import check_case
 from .datalist import scan_folder
 
@@ -29,8 +29,13 @@ class InferenceCases:
     Cases come from ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``) or, when no
     datalist is given, from scanning ``dataset_dir`` (one folder per case with ``<case>_<modality>.nii.gz`` files,
     or one 4D NIfTI per case). Each case is checked with :func:`~diffmed_monai.data.check_case` (readable, 3D or
-    one 4D file, matching shapes and affines, finite voxels) and its output path must not be one of its inputs.
-    Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
+    one 4D file, matching shapes and affines, finite voxels).
+
+    Nothing that exists is replaced: ``output_dir`` may not be ``dataset_dir``, lie inside it, or lie inside a
+    case folder (refused before any case runs, naming the key); a case whose output file already exists is refused
+    (the file is left as it is) unless ``overwrite`` is true and the file is a label map this package wrote
+    (:func:`~diffmed_monai.transforms.is_own_prediction`); an output path equal to one of the case's inputs is
+    always refused. Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
     (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``input_files``.
     :meth:`report` (the bundle's ``finalize``) raises if any case failed, after all others were written.
     """
@@ -44,6 +49,7 @@ class InferenceCases:
         datalist_key: str = "testing",
         output_postfix: str = "seg",
         check_finite: bool = True,
+        overwrite: bool = False,
     ) -> None:
         self.output_dir = output_dir
         self.failures: list[tuple[str, str]] = []
@@ -61,6 +67,7 @@ class InferenceCases:
             cases, skipped = scan_folder(dataset_dir, list(modalities))
             for folder, reason in skipped:
                 self._fail(os.path.basename(str(folder)), reason)
+        _refuse_output_dir_inside_inputs(output_dir, dataset_dir, cases)
         for i, case in enumerate(cases):
             case_id = str(case.get("case_id") or _case_id_from(case.get("image"), i))
             try:
@@ -70,6 +77,12 @@ class InferenceCases:
                 out = output_path_for(output_dir, case_id, output_postfix)
                 if os.path.realpath(out) in {os.path.realpath(p) for p in paths}:
                     raise ValueError(f"Case {case_id}: output {out} would overwrite its input; change `output_dir`.")
+                if os.path.lexists(out) and not (overwrite and is_own_prediction(out)):
+                    raise ValueError(
+                        f"Case {case_id}: output {out} already exists and was left as it is; choose another "
+                        "`output_dir`, or set `overwrite` to true to replace label maps written by an earlier run "
+                        "(other files are never replaced)."
+                    )
             except (ValueError, OSError) as err:
                 self._fail(case_id, str(err))
                 continue
@@ -89,6 +102,22 @@ class InferenceCases:
         if self.failures:
             details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
             raise RuntimeError(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
+
+
+def _refuse_output_dir_inside_inputs(output_dir: str, dataset_dir: str, cases: Sequence[dict]) -> None:
+    """Raise ``ValueError`` if ``output_dir`` is ``dataset_dir``, inside it, or inside a case's folder."""
+    out = os.path.realpath(output_dir)
+    folders = {os.path.realpath(dataset_dir)} if dataset_dir else set()
+    for case in cases:
+        image = case.get("image") if isinstance(case, dict) else None
+        for path in image if isinstance(image, list) else [image] if image else []:
+            folders.add(os.path.realpath(os.path.dirname(os.path.join(dataset_dir or "", str(path)))))
+    for folder in sorted(folders):
+        if out == folder or out.startswith(folder + os.sep):
+            raise ValueError(
+                f"`output_dir` {output_dir!r} is, or is inside, the input folder {folder!r}; label maps would be "
+                "mixed with (and could replace) the inputs. Set `output_dir` to a folder outside `dataset_dir`."
+            )
 
 
 def _case_id_from(image, index: int) -> str:

@@ -12,9 +12,21 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["SaveLabelNiftid", "output_path_for", "write_nifti_atomic"]
+__all__ = ["PREDICTION_DESCRIPTION", "SaveLabelNiftid", "is_own_prediction", "output_path_for", "write_nifti_atomic"]
 
 logger = logging.getLogger(__name__)
+
+
+#: NIfTI ``descrip`` of every label map :class:`SaveLabelNiftid` writes (how an earlier prediction is recognised)
+PREDICTION_DESCRIPTION = b"diffmed-monai label map"
+
+
+def is_own_prediction(path: str) -> bool:
+    """Whether ``path`` is a NIfTI label map written by :class:`SaveLabelNiftid` (its ``descrip`` header field)."""
+    try:
+        return nib.load(path).header["descrip"].item() == PREDICTION_DESCRIPTION
+    except Exception:  # not NIfTI, unreadable: not ours
+        return False
 
 
 def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: str = ".nii.gz") -> str:
@@ -24,7 +36,8 @@ def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: st
 
 
 def write_nifti_atomic(image: nib.Nifti1Image, path: str) -> None:
-    """Save ``image`` to a temporary file beside ``path`` and rename it over ``path``: no half-written outputs."""
+    """Save ``image`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: no
+    half-written outputs. The file gets the permissions a new file gets under the process's umask."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
@@ -32,6 +45,11 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: str) -> None:
     os.close(fd)
     try:
         nib.save(image, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,9 +62,10 @@ class SaveLabelNiftid(MapTransform):
 
     Expects the item (after ``Invertd``) to hold ``key`` as a ``(1, X, Y, Z)`` or ``(X, Y, Z)`` label map in the
     original voxel grid, the reference input path under ``reference_key`` and the case id under ``case_id_key``.
-    The header is copied from the reference (so sform/qform codes, units and description survive), the data type
-    set to uint8 and scaling reset. It refuses to write over any input file named in ``input_paths_key`` and
-    checks that the shape equals the reference's spatial shape.
+    The header is copied from the reference (so sform/qform codes and units survive), the data type
+    set to uint8, scaling reset and ``descrip`` set to :data:`PREDICTION_DESCRIPTION`. It refuses to write over
+    any input file named in ``input_paths_key``, and over any existing file unless ``overwrite`` is true and the
+    file is an earlier prediction (:func:`is_own_prediction`); it checks that the shape equals the reference's.
     """
 
     def __init__(
@@ -58,6 +77,7 @@ class SaveLabelNiftid(MapTransform):
         input_paths_key: str = "input_files",
         output_postfix: str = "seg",
         output_ext: str = ".nii.gz",
+        overwrite: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -67,6 +87,7 @@ class SaveLabelNiftid(MapTransform):
         self.input_paths_key = input_paths_key
         self.output_postfix = output_postfix
         self.output_ext = output_ext
+        self.overwrite = overwrite
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -78,6 +99,8 @@ class SaveLabelNiftid(MapTransform):
             inputs = [inputs] if isinstance(inputs, str) else list(inputs)
             if os.path.realpath(path) in {os.path.realpath(str(p)) for p in inputs}:
                 raise ValueError(f"Case {case_id}: output {path} is one of its inputs; change `output_dir`.")
+            if os.path.lexists(path) and not (self.overwrite and is_own_prediction(path)):
+                raise ValueError(f"Case {case_id}: output {path} already exists; not replaced (config key `overwrite`).")
             labels = np.asarray(d[key].detach().cpu() if hasattr(d[key], "detach") else d[key])
             if labels.ndim == 4 and labels.shape[0] == 1:
                 labels = labels[0]
@@ -93,6 +116,7 @@ class SaveLabelNiftid(MapTransform):
             header.set_data_dtype(np.uint8)
             header.set_slope_inter(1.0, 0.0)
             header["cal_min"], header["cal_max"] = 0, 0
+            header["descrip"] = PREDICTION_DESCRIPTION
             out = nib.Nifti1Image(np.rint(labels).astype(np.uint8), ref.affine, header)
             _, scode = ref.header.get_sform(coded=True)
             _, qcode = ref.header.get_qform(coded=True)
