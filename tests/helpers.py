@@ -65,3 +65,33 @@ class InterruptAt:
     def __call__(self, engine) -> None:
         if engine.state.epoch == self.epoch:
             raise RuntimeError(f"simulated interruption at epoch {self.epoch}")
+
+
+class FailOnCase(OracleNet):
+    """``OracleNet`` that raises (as an out-of-memory error would) on a slice batch with a value above
+    ``fail_above``: one case with an intensity spike fails inside processing, the others pass."""
+
+    def __init__(self, num_classes: int, fail_above: float = 20.0, **_):
+        super().__init__(num_classes)
+        self.fail_above = fail_above
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.abs().max()) > self.fail_above:
+            raise RuntimeError("simulated failure (out of memory)")
+        return super().forward(x)
+
+
+class GrowingScore:
+    """Ignite-style key metric that scores 1, 2, 3... at successive validations of one process, so that every
+    validation of a fresh process improves on the last (used to make ``model.pt`` updates happen on cue)."""
+
+    calls = 0
+
+    def attach(self, engine, name: str) -> None:
+        from ignite.engine import Events
+
+        def compute(engine) -> None:
+            GrowingScore.calls += 1
+            engine.state.metrics[name] = float(GrowingScore.calls)
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, compute)

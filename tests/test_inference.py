@@ -117,7 +117,7 @@ def test_bad_cases_are_refused_while_good_cases_are_written(demo_cases, tmp_path
     ckpt = tmp_path / "models" / "model.pt"
     _tiny_checkpoint(ckpt)
     wf = _run_inference(data, tmp_path / "pred", ckpt)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(SystemExit) as err:  # the summary is the last output, exit status 1, no traceback
         wf.finalize()
     message = error_chain(err.value)
     for case in (bad, "BraTS2021_09998", "BraTS2021_09999"):
@@ -175,7 +175,7 @@ def test_existing_outputs_are_never_replaced_unless_overwrite_and_own(demo_cases
     foreign_bytes = foreign.read_bytes()
 
     wf = _run_inference(demo_cases, out, ckpt)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(SystemExit) as err:  # the summary is the last output, exit status 1, no traceback
         wf.finalize()
     assert first in error_chain(err.value) and "overwrite" in error_chain(err.value)
     assert foreign.read_bytes() == foreign_bytes  # left as it was
@@ -184,12 +184,12 @@ def test_existing_outputs_are_never_replaced_unless_overwrite_and_own(demo_cases
 
     # a second run refuses the earlier prediction too, unless `overwrite`; even then the foreign file stays
     own_bytes = own.read_bytes()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SystemExit):
         _run_inference(demo_cases, out, ckpt).finalize()
     assert own.read_bytes() == own_bytes and foreign.read_bytes() == foreign_bytes
     os.utime(own, (0, 0))
     wf = _run_inference(demo_cases, out, ckpt, overwrite=True)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(SystemExit) as err:  # the summary is the last output, exit status 1, no traceback
         wf.finalize()
     assert first in error_chain(err.value)
     assert own.stat().st_mtime > 0 and foreign.read_bytes() == foreign_bytes  # own prediction rewritten

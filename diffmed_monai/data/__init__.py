@@ -1,6 +1,6 @@
 """Demo data, dataset scanners and datalists, inference cases, and the case checks that refuse bad input."""
 
-from .cases import InferenceCases, require_file
+from .cases import CasesFailed, InferenceCases, require_file
 from .checks import CaseError, check_case, check_datalist
 from .datalist import (
     BRATS_MODALITIES,
@@ -19,6 +19,7 @@ from .demo import DEMO_LABELS, DEMO_MODALITIES, DEMO_TISSUES, demo_affine, make_
 __all__ = [
     "BRATS_MODALITIES",
     "CaseError",
+    "CasesFailed",
     "DATASET_MODALITIES",
     "DEMO_LABELS",
     "DEMO_MODALITIES",

@@ -7,11 +7,13 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..transforms.io import is_own_prediction, output_path_for
 from .checks import check_case
 from .datalist import scan_folder
 
-__all__ = ["InferenceCases", "require_file"]
+__all__ = ["CasesFailed", "InferenceCases", "require_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class InferenceCases:
         output_postfix: str = "seg",
         check_finite: bool = True,
         overwrite: bool = False,
+        pixdim: Sequence[float] | None = None,
+        max_voxels: float = 200_000_000,
     ) -> None:
         self.output_dir = output_dir
         self.failures: list[tuple[str, str]] = []
@@ -71,7 +75,8 @@ class InferenceCases:
         for i, case in enumerate(cases):
             case_id = str(case.get("case_id") or _case_id_from(case.get("image"), i))
             try:
-                check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite)
+                info = check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite)
+                _refuse_oversized(case_id, info, len(modalities), pixdim, max_voxels)
                 paths = case["image"] if isinstance(case["image"], list) else [case["image"]]
                 paths = [os.path.abspath(os.path.join(dataset_dir, p)) for p in paths]
                 out = output_path_for(output_dir, case_id, output_postfix)
@@ -96,12 +101,80 @@ class InferenceCases:
         logger.error("Case %s skipped: %s", case_id, reason)
         self.failures.append((case_id, reason))
 
+    def run(self, evaluator) -> None:
+        """Segment the valid cases one at a time with ``evaluator`` (the bundle's ``run``).
+
+        Each case gets its own one-case loader over the evaluator's dataset transform. An exception while one case
+        is loaded, segmented or written (out of memory, a transform failure) is caught through the evaluator's
+        ``EXCEPTION_RAISED`` event, becomes that case's entry in the report, and the next case runs; a checkpoint
+        that does not fit, or an interrupt, stops the run. The evaluator must have no other ``EXCEPTION_RAISED``
+        handler that re-raises (MONAI's ``StatsHandler`` does: leave it out of inference).
+        """
+        from ignite.engine import Events
+        from monai.data import DataLoader, Dataset
+
+        from ..engines import CheckpointError
+
+        errors: list[BaseException] = []
+
+        def record(engine, error: BaseException) -> None:
+            errors.append(error)
+
+        transform = evaluator.data_loader.dataset.transform
+        self.segmented = []
+        evaluator.add_event_handler(Events.EXCEPTION_RAISED, record)
+        try:
+            for index, case in enumerate(self.valid, 1):
+                errors.clear()
+                evaluator.data_loader = DataLoader(Dataset([case], transform=transform), batch_size=1, num_workers=0)
+                evaluator.state.epoch_length = 1  # the evaluator was built for the whole list
+                logger.info("Case %s (%d/%d)", case["case_id"], index, len(self.valid))
+                evaluator.run()
+                if not errors:
+                    self.segmented.append(case["case_id"])
+                elif isinstance(errors[0], CheckpointError) or not isinstance(errors[0], Exception):
+                    raise errors[0]
+                else:  # one bad case never stops the others
+                    self._fail(case["case_id"], f"{type(errors[0]).__name__}: {_root_cause(errors[0])}")
+        finally:
+            evaluator.remove_event_handler(record, Events.EXCEPTION_RAISED)
+
     def report(self) -> None:
-        """Log the outcome; raise ``RuntimeError`` listing every refused case if there was any."""
-        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(self.valid))
+        """Log the outcome last; exit with status 1 (``SystemExit``, no traceback) listing every failed case."""
+        written = getattr(self, "segmented", [c["case_id"] for c in self.valid])
+        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(written))
         if self.failures:
             details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
-            raise RuntimeError(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
+            raise CasesFailed(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost message of a chain (MONAI wraps transform errors in "applying transform ..." errors)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error)
+
+
+class CasesFailed(SystemExit):
+    """Raised by :meth:`InferenceCases.report` when a case failed: the process exits with status 1 and this message
+    as its last output (a ``SystemExit``, so no traceback buries it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _refuse_oversized(case_id: str, info: dict, channels: int, pixdim: Sequence[float] | None, budget: float) -> None:
+    """Raise ``ValueError`` if resampling the case to ``pixdim`` gives more than ``budget`` voxels (all channels)."""
+    shape, spacing = info["shape"], info["spacing"]
+    target = pixdim or spacing
+    resampled = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
+    voxels = channels * float(np.prod(resampled))
+    if voxels > budget:
+        raise ValueError(
+            f"Case {case_id}: shape {list(shape)} at spacing {[round(s, 3) for s in spacing]} mm resampled to "
+            f"`pixdim` {list(target)} gives {resampled} x {channels} channels = {voxels:.3g} voxels, over the "
+            f"budget `max_voxels`={budget:.3g} (check the file's header, or raise `max_voxels`)."
+        )
 
 
 def _refuse_output_dir_inside_inputs(output_dir: str, dataset_dir: str, cases: Sequence[dict]) -> None:

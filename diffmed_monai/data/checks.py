@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +68,8 @@ def check_case(
     check_finite: bool = True,
     image_key: str = "image",
     label_key: str = "label",
+    require_label: bool = False,
+    list_name: str | None = None,
 ) -> dict:
     """Check one datalist entry before it is used; raise :class:`CaseError` on the first problem.
 
@@ -78,6 +80,8 @@ def check_case(
         modalities: modality names; M = ``len(modalities)``.
         label_values: allowed label values (e.g. BraTS ``[0, 1, 2, 4]``), ``None`` to skip the check.
         check_finite: refuse NaN/inf voxels in float images and labels.
+        require_label: refuse a case without ``label_key`` (validation and evaluation lists).
+        list_name: the datalist list the case comes from, named in the messages (e.g. ``"validation"``).
 
     Checks: every file exists and reads completely; images are 3D (X, Y, Z) (a trailing axis of size 1 is
     accepted), or one 4D file with exactly M volumes on the last axis (2D and 5D refused); M image files;
@@ -109,6 +113,12 @@ def check_case(
         files = [(_resolve(entry, base_dir), "4D image" if m > 1 else f"{mods[0]} image")]
         four_d = m > 1
     label = case.get(label_key)
+    if require_label and not label:
+        where = f"the {list_name!r} list of `datalist`" if list_name else "`datalist`"
+        raise CaseError(
+            f"Case {case_id}: no {label_key!r} entry in {where}; validation and evaluation cases need a label "
+            "(add it, or move the case to the 'testing' list)."
+        )
     if label:
         files.append((_resolve(label, base_dir), "label"))
 
@@ -152,6 +162,11 @@ def check_case(
                     f"remove the case from `datalist` (`check_finite` false skips this check, but NaN voxels make "
                     f"the whole normalised channel NaN)."
                 )
+        if role != "label":
+            volumes = np.moveaxis(data, -1, 0) if four_d and role == "4D image" else [data]
+            empty = [mods[i] if four_d else role for i, v in enumerate(volumes) if not np.any(v)]
+            for name in empty:
+                logger.warning("Case %s: %s in %s is all zero; it is used as it is.", case_id, name, path)
         if role == "label" and label_values is not None:
             allowed = {float(v) for v in label_values}
             values = np.unique(data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data)
@@ -166,7 +181,7 @@ def check_case(
 
 
 def check_datalist(
-    cases: Sequence[dict],
+    cases: Sequence[dict] | Mapping[str, Sequence[dict]],
     base_dir: str | None,
     modalities: Sequence[str],
     label_values: Sequence[int] | None = None,
@@ -174,19 +189,23 @@ def check_datalist(
     strict: bool = True,
     image_key: str = "image",
     label_key: str = "label",
+    require_label: bool = False,
 ) -> tuple[list[dict], list[str]]:
-    """Run :func:`check_case` on every case, logging progress to the ``diffmed_monai.data`` logger.
+    """Run :func:`check_case` on every case, logging progress to this module's logger.
 
+    ``cases`` is one list, or ``{list name: list}`` (e.g. ``{"training": [...], "validation": [...]}``) so that
+    messages name the list. ``require_label``: every case needs a label (training, validation, evaluation).
     ``strict=True`` (training): raise one ``ValueError`` listing every bad case, so nothing starts on bad data.
     ``strict=False`` (inference): return ``(good_cases, error_messages)`` for the caller to report and go on.
     """
-    cases = list(cases)
+    lists = dict(cases) if isinstance(cases, Mapping) else {None: cases}
+    flat = [(name, case) for name, items in lists.items() for case in items]
     good, errors = [], []
-    total = len(cases)
+    total = len(flat)
     logger.info("Checking %d case(s) under %s (modalities %s)", total, base_dir, list(modalities))
-    for i, case in enumerate(cases, 1):
+    for i, (name, case) in enumerate(flat, 1):
         try:
-            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key)
+            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label, name)
             good.append(case)
         except CaseError as err:
             errors.append(str(err))

@@ -1,14 +1,29 @@
-"""Training engine and handlers for DiffMedDINOv3 bundles."""
+"""Training engine and checkpoint handlers for DiffMedDINOv3 bundles."""
 
-from .checkpoint import ResumableCheckpoint, latest_checkpoint
+from .checkpoint import (
+    AtomicDiskSaver,
+    BestModelCheckpoint,
+    CheckedCheckpointLoader,
+    CheckpointError,
+    ResumableCheckpoint,
+    check_checkpoint,
+    epoch_checkpoints,
+    write_atomic,
+)
 from .trainer import DiffMedTrainer, DistillationBatch, DistillationInferer, loss_parts, sample_modality_mask
 
 __all__ = [
+    "AtomicDiskSaver",
+    "BestModelCheckpoint",
+    "CheckedCheckpointLoader",
+    "CheckpointError",
     "DiffMedTrainer",
     "DistillationBatch",
     "DistillationInferer",
     "ResumableCheckpoint",
-    "latest_checkpoint",
+    "check_checkpoint",
+    "epoch_checkpoints",
     "loss_parts",
     "sample_modality_mask",
+    "write_atomic",
 ]

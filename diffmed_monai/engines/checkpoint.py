@@ -1,33 +1,231 @@
-"""Resumable training checkpoints on MONAI's ``CheckpointSaver`` and ``CheckpointLoader``."""
+"""Crash-safe training checkpoints on Ignite's ``Checkpoint``: atomic writes, resume, best model kept across restarts.
+
+* :class:`AtomicDiskSaver`: Ignite save handler. Each file is written to a temporary file in the same folder,
+  flushed to disk and renamed over its name; a file Ignite asks to remove goes only after the next save is
+  complete (Ignite's ``Checkpoint`` removes the old file before it writes the new one).
+* :class:`ResumableCheckpoint` (trainer handler): ``checkpoint_epoch=N.pt`` every ``save_interval`` epochs, resume
+  from the newest at start, stale ones from earlier runs cleaned per ``n_saved``.
+* :class:`BestModelCheckpoint` (evaluator handler): ``model.pt`` (the network's ``state_dict``) whenever the key
+  metric improves; its score and epoch sit in ``model.json`` beside it, so a resumed run replaces ``model.pt``
+  only with a better model.
+* :func:`check_checkpoint`: a checkpoint that cannot be read or does not fit the network is an error naming the
+  file, the config key and each parameter that differs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import logging
 import os
-from collections.abc import Mapping
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
-from monai.handlers import CheckpointLoader, CheckpointSaver
+import ignite.distributed as idist
+import torch
+from ignite.engine import Events
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader
+from torch import nn
 
-__all__ = ["ResumableCheckpoint", "latest_checkpoint"]
+__all__ = [
+    "AtomicDiskSaver",
+    "BestModelCheckpoint",
+    "CheckpointError",
+    "CheckedCheckpointLoader",
+    "ResumableCheckpoint",
+    "check_checkpoint",
+    "epoch_checkpoints",
+    "write_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
+EPOCH_CHECKPOINT = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+#: temporary files :func:`write_atomic` leaves behind when a write is killed (``.<name>.<random>.tmp``)
+KILLED_WRITE = re.compile(r"^\.(checkpoint_epoch=\d+\.pt|model\.pt|model\.json)\.[^.]+\.tmp$")
 
-def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_*.pt") -> str | None:
-    """Newest file matching ``pattern`` in ``ckpt_dir`` (by modification time), or ``None``."""
-    paths = glob.glob(os.path.join(ckpt_dir, pattern))
-    return max(paths, key=os.path.getmtime) if paths else None
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file, the config key and what differs."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
+
+    A kill at any moment leaves either the old ``path`` or the new one, never a partial file (the temporary file
+    ``.<name>.*.tmp`` may stay behind). The file gets the permissions of a new file under the umask.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler writing ``torch.save`` files atomically and removing old ones only after a new one exists.
+
+    Args:
+        dirname: folder of the checkpoints (created if missing).
+        filename: a fixed file name for every save (e.g. ``model.pt``); default: the name Ignite gives.
+        save_on_rank: the only rank that writes under DDP.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, save_on_rank: int = 0) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+        self.save_on_rank = save_on_rank
+        self._pending_removals: list[str] = []
+        if idist.get_rank() == save_on_rank:
+            self.dirname.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        name = self.filename or filename
+        write_atomic(self.dirname / name, lambda f: torch.save(checkpoint, f))
+        pending, self._pending_removals = self._pending_removals, []
+        for old in pending:
+            if old != name:
+                (self.dirname / old).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        """Remember ``filename`` for removal once the next checkpoint is complete."""
+        self._pending_removals.append(self.filename or filename)
+
+
+def epoch_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """``[(epoch, file name)]`` of the ``checkpoint_epoch=N.pt`` files in ``ckpt_dir``, oldest first."""
+    names = (os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), "*.pt")))
+    found = [(int(m.group(1)), m.group(0)) for m in map(EPOCH_CHECKPOINT.match, names) if m]
+    return sorted(found)
+
+
+def _module_of(key: str) -> str:
+    """``specific_students.2`` for ``specific_students.2.swin.patch_embed.proj.weight``; the first name otherwise."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+
+
+def _describe_mismatch(name: str, saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """One line per parameter shaped otherwise in ``saved`` than in ``expected`` (a ``state_dict``), then one line per
+    module with parameters missing from, or only in, the checkpoint."""
+    lines = []
+    for key in expected.keys() & saved.keys():
+        got, want = tuple(getattr(saved[key], "shape", ())), tuple(getattr(expected[key], "shape", ()))
+        if got == want:
+            continue
+        if key.endswith("decoder.classifier.weight"):
+            lines.append(f"{name}.{key}: checkpoint has {got[0]} classes, the config {want[0]} (`label_values`)")
+        elif key.endswith("projection.weight"):
+            lines.append(
+                f"{name}.{key}: checkpoint has {got[0]} modalities and teacher width {got[-1]}, the config "
+                f"{want[0]} and {want[-1]} (`modalities`, `teacher_arch`)"
+            )
+        else:
+            lines.append(f"{name}.{key}: checkpoint {list(got)}, the config {list(want)}")
+    for keys, where in ((expected.keys() - saved.keys(), "missing from the checkpoint"),
+                        (saved.keys() - expected.keys(), "in the checkpoint, not in the network")):
+        modules: dict[str, int] = {}
+        for key in keys:
+            modules[_module_of(key)] = modules.get(_module_of(key), 0) + 1
+        lines += [f"{name}.{module}: {count} tensor(s) {where}" for module, count in sorted(modules.items())]
+    return sorted(lines, key=lambda line: "tensor(s)" in line)  # shape differences first
+
+
+def check_checkpoint(path: str | os.PathLike, load_dict: Mapping[str, Any], key: str = "ckpt_path") -> dict:
+    """Read ``path`` safely and check that it fits the objects of ``load_dict``; return the loaded checkpoint.
+
+    A checkpoint holding only one object's ``state_dict`` (``model.pt``) is accepted for a one-object
+    ``load_dict``, as MONAI's ``CheckpointLoader`` does. Raises :class:`CheckpointError` naming the file, ``key``
+    and, for networks, each parameter that is missing, extra or shaped otherwise (e.g. "checkpoint has 2 classes,
+    the config 4 (`label_values`)"); objects are not modified.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint {path!r} does not exist (config key `{key}`).")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # EOFError, UnpicklingError, RuntimeError (zip), pickle that would run code...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"Checkpoint {path!r} (config key `{key}`) cannot be read as a PyTorch checkpoint of tensors "
+            f"({type(err).__name__}: {first_line[:200]}); it is empty, truncated, not a checkpoint, or holds code. "
+            f"Point `{key}` at a file written by this bundle's training."
+        ) from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"Checkpoint {path!r} (config key `{key}`) holds a {type(checkpoint).__name__}, not a dict.")
+    if len(load_dict) == 1 and next(iter(load_dict)) not in checkpoint:
+        checkpoint = {next(iter(load_dict)): checkpoint}  # a bare state_dict, as model.pt is saved
+    lines = []
+    for name, obj in load_dict.items():
+        if name not in checkpoint:
+            lines.append(f"{name}: not in the checkpoint (it holds {sorted(checkpoint)})")
+        elif isinstance(obj, nn.Module):
+            module = obj.module if isinstance(obj, nn.parallel.DistributedDataParallel) else obj
+            lines += _describe_mismatch(name, checkpoint[name], module.state_dict())
+    if lines:
+        shown = lines[:12] + ([f"... and {len(lines) - 12} more"] if len(lines) > 12 else [])
+        raise CheckpointError(
+            f"Checkpoint {path!r} (config key `{key}`) does not fit the network built from the config; use the "
+            "presets and keys it was trained with (`modalities`, `label_values`, `teacher_arch`, `network_def#...`):\n  "
+            + "\n  ".join(shown)
+        )
+    return dict(checkpoint)
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that first runs :func:`check_checkpoint` (clear errors naming ``ckpt_path``) and
+    loads once, however often the engine runs (inference runs its evaluator once per case)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = False
+
+    def __call__(self, engine) -> None:
+        if self.loaded:
+            return
+        check_checkpoint(self.load_path, self.load_dict)
+        super().__call__(engine)
+        self.loaded = True
 
 
 class ResumableCheckpoint:
     """Save a resumable checkpoint every ``save_interval`` epochs and resume from the newest one at start.
 
     Attach it to the trainer like any handler. It adds the trainer itself as ``"trainer"`` to ``save_dict`` (so
-    the config needs no circular reference to the trainer), attaches MONAI's ``CheckpointSaver`` writing
-    ``checkpoint_epoch=N.pt`` into ``ckpt_dir`` and, when ``resume`` is true and such a file exists, MONAI's
-    ``CheckpointLoader`` for the newest one: network, optimiser, KD statistics and trainer state (epoch,
-    iteration) are restored before the first iteration, so an interrupted run continues from its saved epoch.
+    the config needs no circular reference to the trainer) and saves ``checkpoint_epoch=N.pt`` into ``ckpt_dir``
+    with Ignite's ``Checkpoint`` and :class:`AtomicDiskSaver`: a kill at any moment loses at most the current
+    epoch. When ``resume`` is true and such a file exists, the newest is checked (:func:`check_checkpoint`) and
+    loaded before the first iteration: network, optimiser, KD statistics and trainer state (epoch, iteration),
+    keeping the configured ``max_epochs``. Older files beyond ``n_saved`` (from earlier runs) are removed.
 
     Args:
         ckpt_dir: folder for the checkpoints. save_dict: name -> object with a ``state_dict`` (no teacher).
@@ -47,16 +245,76 @@ class ResumableCheckpoint:
 
     def attach(self, engine) -> None:
         objects = {**self.save_dict, "trainer": engine}
-        if self.resume:
-            path = latest_checkpoint(self.ckpt_dir)
-            if path is None:
-                logger.info("No checkpoint in %s: training starts from scratch.", self.ckpt_dir)
-            else:
-                logger.info("Resuming training from %s", path)
-                self.loaded_path = path
-                device = getattr(engine.state, "device", None) or "cpu"
-                CheckpointLoader(load_path=path, load_dict=objects, map_location=str(device)).attach(engine)
-        CheckpointSaver(
-            save_dir=self.ckpt_dir, save_dict=objects, save_interval=self.save_interval, epoch_level=True,
+        checkpointer = Checkpoint(
+            objects, AtomicDiskSaver(self.ckpt_dir), score_function=lambda e: e.state.epoch, score_name="epoch",
             n_saved=self.n_saved,
-        ).attach(engine)
+        )
+        existing = epoch_checkpoints(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else []
+        if existing and idist.get_rank() == 0:  # leftovers of writes killed in earlier runs
+            for name in filter(KILLED_WRITE.match, os.listdir(self.ckpt_dir)):
+                os.remove(os.path.join(self.ckpt_dir, name))
+        if self.resume and existing:
+            self.loaded_path = os.path.join(self.ckpt_dir, existing[-1][1])
+            engine.add_event_handler(Events.STARTED, self._load, objects)
+            if idist.get_rank() == 0:  # earlier runs' files beyond n_saved; the newest (resumed from) stays
+                for _, name in existing[: -self.n_saved]:
+                    os.remove(os.path.join(self.ckpt_dir, name))
+            checkpointer.load_state_dict({"_saved": existing[-self.n_saved :]})
+        elif self.resume:
+            logger.info("No checkpoint in %s: training starts from scratch.", self.ckpt_dir)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpointer)
+
+    def _load(self, engine, objects: Mapping) -> None:
+        logger.info("Resuming training from %s", self.loaded_path)
+        checkpoint = check_checkpoint(self.loaded_path, objects, key="ckpt_dir")
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+        if engine.state.epoch > max_epochs:
+            raise ValueError(
+                f"Checkpoint {self.loaded_path} is at epoch {engine.state.epoch}, beyond `epochs`={max_epochs}; "
+                "raise `epochs` or set `resume` to false."
+            )
+        engine.state.max_epochs = max_epochs
+
+
+class BestModelCheckpoint:
+    """Evaluator handler: write ``model.pt`` (the network's ``state_dict``) atomically when the key metric improves.
+
+    The score and epoch of the saved model go into ``model.json`` beside it, written before the weights. With
+    ``resume``, a restarted training reads them back, so ``model.pt`` is only ever replaced by a better model and
+    the evaluator's ``best_metric`` / ``best_metric_epoch`` continue; without ``resume`` a new training starts its
+    own record. Only rank 0 writes under DDP.
+
+    Args:
+        save_dir: folder of ``model.pt``. network: the network to save (DDP is unwrapped).
+        resume: continue the record of an earlier run (config key ``resume``).
+        filename: name of the weights file.
+    """
+
+    def __init__(self, save_dir: str, network: nn.Module, resume: bool = True, filename: str = "model.pt") -> None:
+        self.path = Path(save_dir) / filename
+        self.record = self.path.with_suffix(".json")
+        self.network = network
+        self.best: dict | None = None
+        if resume and self.record.is_file() and self.path.is_file():
+            self.best = json.loads(self.record.read_text())
+            logger.info("Best model so far: %s (%s %.4f at epoch %d)", self.path, self.best["key_metric_name"],
+                        self.best["metric"], self.best["epoch"])
+
+    def attach(self, engine) -> None:
+        if self.best is not None:
+            engine.state.best_metric = self.best["metric"]
+            engine.state.best_metric_epoch = self.best["epoch"]
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        score = float(engine.state.metrics[engine.state.key_metric_name])
+        if self.best is not None and score <= self.best["metric"]:
+            return
+        record = {"key_metric_name": engine.state.key_metric_name, "metric": score, "epoch": engine.state.epoch}
+        if idist.get_rank() == 0:
+            network = self.network.module if isinstance(self.network, nn.parallel.DistributedDataParallel) else self.network
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.record, lambda f: f.write(json.dumps(record).encode()))
+            write_atomic(self.path, lambda f: torch.save(network.state_dict(), f))
+        self.best = record
