@@ -1,11 +1,10 @@
 """Evaluation metrics: per-class and per-BraTS-region Dice and HD95 (BraTS empty-structure rules), summary table."""
 
 from .hd95 import EMPTY_CASE_RULES, HausdorffDistance95
-from .segmentation import BRATS_REGIONS, channel_output_transform, segmentation_metrics
+from .segmentation import channel_output_transform, segmentation_metrics
 from .summary import MetricsSummaryTable
 
 __all__ = [
-    "BRATS_REGIONS",
     "EMPTY_CASE_RULES",
     "HausdorffDistance95",
     "MetricsSummaryTable",

@@ -1,4 +1,4 @@
-"""Per-class and per-BraTS-region Dice and HD95 as MONAI metric handlers."""
+"""Per-class Dice and HD95 as MONAI metric handlers, for any list of classes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from monai.utils import CommonKeys as Keys
 
 from .hd95 import EMPTY_CASE_RULES, HausdorffDistance95
 
-__all__ = ["BRATS_REGIONS", "channel_output_transform", "segmentation_metrics"]
-
-#: channel order of MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd``
-BRATS_REGIONS = ("tc", "wt", "et")
+__all__ = ["channel_output_transform", "segmentation_metrics"]
 
 
 def channel_output_transform(channel: int, pred_key: str = Keys.PRED, label_key: str = Keys.LABEL) -> Callable:
@@ -34,18 +31,14 @@ def channel_output_transform(channel: int, pred_key: str = Keys.PRED, label_key:
 
 def segmentation_metrics(
     class_names: Sequence[str],
-    brats_regions: bool = False,
     spacing: Sequence[float] | None = None,
-    region_keys: tuple[str, str] = ("pred_regions", "label_regions"),
     hd95: bool = True,
     empty: str = "brats",
 ) -> dict:
-    """Handlers ``{dice_<class>, hd95_<class>}`` for every foreground class, plus ``dice_region_<tc|wt|et>`` and
-    ``hd95_region_<...>`` from the region channels when ``brats_regions``.
+    """Handlers ``{dice_<class>, hd95_<class>}`` for every foreground class of ``class_names`` (any data set).
 
-    Class metrics read channel c of the one-hot ``pred``/``label``; region metrics read ``region_keys`` (the
-    output of ``ConvertToMultiChannelBasedOnBratsClassesd``, channels TC, WT, ET). ``hd95=False`` gives Dice only
-    (cheap enough for validation during training).
+    Each reads channel c of the one-hot ``pred``/``label``. ``hd95=False`` gives Dice only (cheap enough for
+    validation during training). The BraTS regions are written out in ``evaluate.json``.
 
     ``empty`` (config key ``metric_empty_rule``): ``"brats"`` scores a structure absent from both the reference
     and the prediction as Dice 1 / HD95 0, and one absent from exactly one of them as Dice 0 / HD95 = the image
@@ -56,11 +49,10 @@ def segmentation_metrics(
             f"Empty-case rule {empty!r} is not one of {EMPTY_CASE_RULES} (config key `metric_empty_rule`)."
         )
     metrics: dict = {}
-    groups = [(name, i, Keys.PRED, Keys.LABEL) for i, name in enumerate(class_names) if i > 0]
-    if brats_regions:
-        groups += [(f"region_{r}", i, *region_keys) for i, r in enumerate(BRATS_REGIONS)]
-    for name, channel, pred_key, label_key in groups:
-        transform = channel_output_transform(channel, pred_key, label_key)
+    for channel, name in enumerate(class_names):
+        if channel == 0:
+            continue
+        transform = channel_output_transform(channel)
         dice = DiceMetric(include_background=True, ignore_empty=empty == "monai")
         metrics[f"dice_{name}"] = IgniteMetricHandler(metric_fn=dice, output_transform=transform)
         if hd95:
