@@ -8,20 +8,10 @@ from pathlib import Path
 
 from .data import make_demo_data, prepare_datalist
 
-__all__ = ["demo", "main", "repo_bundle_dir"]
+__all__ = ["BUNDLE_DIR", "demo", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def repo_bundle_dir() -> Path:
-    """The repository's ``bundle/`` folder (the configs the package's commands run)."""
-    bundle = REPO_ROOT / "bundle"
-    if not (bundle / "configs" / "train.json").is_file():
-        raise FileNotFoundError(
-            f"No bundle configs at {bundle}: run the demo from a clone of the repository installed with "
-            "`pip install -e .`, or pass --bundle_dir to the bundle folder."
-        )
-    return bundle
+#: the MONAI bundle shipped with the package (in a clone, a link to the repository's ``bundle/``)
+BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
 
 
 def _run_bundle(run_id: str, bundle: Path, config_files: list[Path], **override) -> None:
@@ -49,7 +39,9 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     Dice near 0.8 on the synthetic cases; ``--epochs 2`` is the quickest smoke run.
     """
     started = time.time()
-    bundle = Path(bundle_dir) if bundle_dir else repo_bundle_dir()
+    bundle = Path(bundle_dir) if bundle_dir else BUNDLE_DIR
+    if not (bundle / "configs" / "train.json").is_file():
+        raise FileNotFoundError(f"No bundle configs at {bundle} (option --bundle_dir).")
     configs = bundle / "configs"
     tiny = configs / "presets" / "tiny.json"
     work = Path(workdir).resolve()
