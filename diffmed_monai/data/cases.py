@@ -37,9 +37,13 @@ class InferenceCases:
     case folder (refused before any case runs, naming the key); a case whose output file already exists is refused
     (the file is left as it is) unless ``overwrite`` is true and the file is a label map this package wrote
     (:func:`~diffmed_monai.transforms.is_own_prediction`); an output path equal to one of the case's inputs is
-    always refused. Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
+    always refused. A case whose volume, resampled to ``pixdim``, would exceed ``max_voxels`` (all channels) is
+    refused from its header before any memory is spent on it.
+
+    Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
     (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``input_files``.
-    :meth:`report` (the bundle's ``finalize``) raises if any case failed, after all others were written.
+    :meth:`run` segments them one by one, so a case failing in processing is reported and the others go on;
+    :meth:`report` (the bundle's ``finalize``) logs the summary last and exits with status 1 if any case failed.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class InferenceCases:
         self.output_dir = output_dir
         self.failures: list[tuple[str, str]] = []
         self.valid: list[dict] = []
+        self.segmented: list[str] = []
         if datalist:
             require_file(datalist, "datalist")
             with open(datalist) as f:
@@ -121,7 +126,6 @@ class InferenceCases:
             errors.append(error)
 
         transform = evaluator.data_loader.dataset.transform
-        self.segmented = []
         evaluator.add_event_handler(Events.EXCEPTION_RAISED, record)
         try:
             for index, case in enumerate(self.valid, 1):
@@ -141,8 +145,7 @@ class InferenceCases:
 
     def report(self) -> None:
         """Log the outcome last; exit with status 1 (``SystemExit``, no traceback) listing every failed case."""
-        written = getattr(self, "segmented", [c["case_id"] for c in self.valid])
-        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(written))
+        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(self.segmented))
         if self.failures:
             details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
             raise CasesFailed(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
