@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "AMOS_MRI_FIRST_ID",
+    "BRATS2023_MODALITIES",
     "BRATS_MODALITIES",
     "DATASET_MODALITIES",
     "ISLES22_MODALITIES",
@@ -33,12 +34,15 @@ __all__ = [
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+#: BraTS 2023-2025 (GLI, MEN, MET, PED, SSA): native T1, contrast T1, T2-weighted, T2-FLAIR, in that order
+BRATS2023_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 ISLES22_MODALITIES = ("dwi", "adc", "flair")
 AMOS_MRI_FIRST_ID = 500  # AMOS22: amos_0001..0499 are CT, amos_0500 and above MRI
 #: ``prepare_datalist`` dataset kinds and their default modalities (``folder`` needs them given)
 DATASET_MODALITIES: dict[str, tuple[str, ...] | None] = {
     "brats": BRATS_MODALITIES,
     "fets": BRATS_MODALITIES,
+    "brats2023": BRATS2023_MODALITIES,
     "isles22": ISLES22_MODALITIES,
     "amos": ("ct",),
     "folder": None,
@@ -106,13 +110,15 @@ def _entry(case_id: str, images: Sequence[str], label: str | None, root: str) ->
 
 
 def scan_brats(
-    root: str, modalities: Sequence[str] = BRATS_MODALITIES, require_label: bool = True
+    root: str, modalities: Sequence[str] = BRATS_MODALITIES, require_label: bool = True, separator: str = "_"
 ) -> tuple[list[dict], Skipped]:
-    """BraTS 2018-2021 and FeTS 2021/22 layouts, found at any depth under ``root``.
+    """BraTS 2018-2021, FeTS 2021/22 and (``separator="-"``) BraTS 2023-2025 layouts, found at any depth under ``root``.
 
     A case folder ``<case>`` holds ``<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (or ``.nii``): BraTS 2020/2021
     (``BraTS2021_00000``), BraTS 2018/2019 nested in ``HGG/`` and ``LGG/`` (``Brats18_2013_2_1``), FeTS
-    (``FeTS2022_00000``). Only folders holding at least one ``<folder name>_*.nii(.gz)`` file count as cases.
+    (``FeTS2022_00000``); from 2023 on ``<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (``BraTS-GLI-00000-000``, and the
+    MEN, MET, PED, SSA sub-challenges). Only folders holding at least one ``<folder name><separator>*.nii(.gz)``
+    file count as cases.
     A case lacking a modality file is skipped with the missing file named; one lacking ``_seg`` is skipped when
     ``require_label`` and otherwise kept without ``"label"``. A case id seen twice is skipped the second time.
     Returns ``(cases, skipped)`` sorted by folder; paths relative to ``root``.
@@ -122,7 +128,7 @@ def scan_brats(
     folders = set()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__MACOSX")))
-        prefix = os.path.basename(dirpath) + "_"
+        prefix = os.path.basename(dirpath) + separator
         if dirpath != root and any(_is_nifti(f) and f.startswith(prefix) for f in filenames):
             folders.add(dirpath)
     cases, skipped, seen = [], [], {}
@@ -133,15 +139,15 @@ def scan_brats(
             continue
         images, missing = [], []
         for modality in mods:
-            path = _find(folder, f"{case_id}_{modality}")
-            (images.append(path) if path else missing.append(f"{case_id}_{modality}.nii.gz"))
-        label = _find(folder, f"{case_id}_seg")
+            path = _find(folder, f"{case_id}{separator}{modality}")
+            (images.append(path) if path else missing.append(f"{case_id}{separator}{modality}.nii.gz"))
+        label = _find(folder, f"{case_id}{separator}seg")
         found = images + ([label] if label else [])
         if missing:
             skipped.append((folder, f"missing modality file(s) {', '.join(missing)}{_others(folder, found)}"))
             continue
         if label is None and require_label:
-            skipped.append((folder, f"missing label file {case_id}_seg.nii.gz{_others(folder, found)}"))
+            skipped.append((folder, f"missing label file {case_id}{separator}seg.nii.gz{_others(folder, found)}"))
             continue
         seen[case_id] = folder
         cases.append(_entry(case_id, images, label, root))
@@ -319,14 +325,16 @@ def prepare_datalist(
     """Scan ``root`` in the official layout of ``dataset`` and write a datalist JSON; return its path.
 
     Args:
-        dataset: ``brats`` (BraTS 2018-2021, also HGG/LGG), ``fets`` (same layout), ``isles22``, ``amos`` or
+        dataset: ``brats`` (BraTS 2018-2021, also HGG/LGG), ``fets`` (same layout), ``brats2023`` (BraTS
+            2023-2025 GLI/MEN/MET/PED/SSA: ``<case>-t1n.nii.gz``...), ``isles22``, ``amos`` or
             ``folder`` (inference inputs: one folder per case or one 4D file per case, no labels).
         root: the dataset root; the datalist paths are relative to it (use it as the bundle's ``dataset_dir``).
         output: datalist path (default ``<root>/datalist.json``).
         val_fraction, seed: deterministic train/validation split (:func:`split_cases`); the validation cases are
             also written as ``testing`` so inference and evaluation can run on them. ``folder`` writes every case
             to ``testing`` only.
-        modalities: list or comma-separated string; defaults per dataset (BraTS ``t1,t1ce,t2,flair``, ISLES
+        modalities: list or comma-separated string; defaults per dataset (BraTS ``t1,t1ce,t2,flair``, BraTS 2023
+            ``t1n,t1c,t2w,t2f``, ISLES
             ``dwi,adc,flair``); ``amos`` takes ``ct`` or ``mri``; ``folder`` requires it.
         require_label: skip cases without a label (otherwise keep them without ``label``).
 
@@ -338,6 +346,8 @@ def prepare_datalist(
     mods = _as_modalities(modalities) if modalities else DATASET_MODALITIES[dataset]
     if dataset in ("brats", "fets"):
         cases, skipped = scan_brats(root, mods, require_label=require_label)
+    elif dataset == "brats2023":
+        cases, skipped = scan_brats(root, mods, require_label=require_label, separator="-")
     elif dataset == "isles22":
         cases, skipped = scan_isles22(root, mods, require_label=require_label)
     elif dataset == "amos":

@@ -19,10 +19,11 @@ import numpy as np
 from monai.transforms import RandBiasField, RandRicianNoise, Resize
 from scipy import ndimage
 
-from .datalist import BRATS_MODALITIES, prepare_datalist
+from .datalist import BRATS2023_MODALITIES, BRATS_MODALITIES, prepare_datalist
 
 __all__ = [
     "DEMO_LABELS",
+    "DEMO_LAYOUTS",
     "DEMO_MODALITIES",
     "DEMO_TISSUES",
     "demo_affine",
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODALITIES = BRATS_MODALITIES
 DEMO_LABELS = (0, 1, 2, 4)  # BraTS 2017-2021: background, necrotic core, oedema, enhancing tumour (3 unused)
+#: ``layout`` -> (case id pattern, file separator, modality names in ``DEMO_MODALITIES`` order, label values)
+DEMO_LAYOUTS = {
+    "brats2021": ("BraTS2021_{:05d}", "_", BRATS_MODALITIES, DEMO_LABELS),
+    "brats2023": ("BraTS-GLI-{:05d}-000", "-", BRATS2023_MODALITIES, (0, 1, 2, 3)),  # NETC, SNFH, ET
+}
 
 # Tissue classes of the phantom (index = value in the tissue map returned by ``make_demo_case``).
 DEMO_TISSUES = ("background", "scalp", "skull", "csf", "grey_matter", "white_matter", "oedema", "enhancing",
@@ -171,11 +177,13 @@ def make_demo_dataset(
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
     seed: int = 0,
     overwrite: bool = False,
+    layout: str = "brats2021",
 ) -> list[str]:
-    """Write ``num_cases`` synthetic cases in the BraTS 2021 layout and return their folders.
+    """Write ``num_cases`` synthetic cases in a BraTS layout and return their folders.
 
-    Files: ``output_dir/BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz``; images float32
-    ``(X, Y, Z) = shape``, seg uint8 with BraTS labels {0, 1, 2, 4}. The affine is :func:`demo_affine`:
+    ``layout="brats2021"``: ``output_dir/BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz``, seg
+    labels {0, 1, 2, 4}; ``"brats2023"``: ``BraTS-GLI-NNNNN-000/BraTS-GLI-NNNNN-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``,
+    seg labels {0, 1 NETC, 2 SNFH, 3 ET}. Images float32 ``(X, Y, Z) = shape``, seg uint8. The affine is :func:`demo_affine`:
     ``diag(-sx, -sy, sz)``, LPS voxel order as in BraTS files. Case ``i`` uses seed ``seed * 1000 + i``, so the
     output is deterministic. An existing case folder is a ``ValueError`` unless ``overwrite=True`` (then it is
     replaced).
@@ -184,7 +192,10 @@ def make_demo_dataset(
         raise ValueError(f"num_cases must be >= 1, got {num_cases}.")
     shape = tuple(int(s) for s in shape)
     affine = demo_affine(shape, spacing)
-    case_ids = [f"BraTS2021_{i:05d}" for i in range(int(num_cases))]
+    if layout not in DEMO_LAYOUTS:
+        raise ValueError(f"Unknown demo layout {layout!r}; use one of {sorted(DEMO_LAYOUTS)}.")
+    pattern, sep, names, labels = DEMO_LAYOUTS[layout]
+    case_ids = [pattern.format(i) for i in range(int(num_cases))]
     folders = [os.path.join(output_dir, case_id) for case_id in case_ids]
     if not overwrite:
         existing = [f for f in folders if os.path.exists(f)]
@@ -199,9 +210,10 @@ def make_demo_dataset(
             shutil.rmtree(folder) if os.path.isdir(folder) else os.remove(folder)
         os.makedirs(folder)
         images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing)
-        for modality, volume in images.items():
-            nib.save(nib.Nifti1Image(volume, affine), os.path.join(folder, f"{case_id}_{modality}.nii.gz"))
-        nib.save(nib.Nifti1Image(seg, affine), os.path.join(folder, f"{case_id}_seg.nii.gz"))
+        seg = np.asarray(labels, np.uint8)[np.searchsorted(DEMO_LABELS, seg)]
+        for modality, name in zip(DEMO_MODALITIES, names):
+            nib.save(nib.Nifti1Image(images[modality], affine), os.path.join(folder, f"{case_id}{sep}{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(seg, affine), os.path.join(folder, f"{case_id}{sep}seg.nii.gz"))
     logger.info("Wrote %d synthetic demo case(s) of shape %s to %s", len(folders), shape, output_dir)
     return folders
 
@@ -214,13 +226,18 @@ def make_demo_data(
     seed: int = 0,
     overwrite: bool = False,
     val_fraction: float = 0.25,
+    layout: str = "brats2021",
 ) -> str:
     """Write synthetic BraTS-layout cases into ``output_dir`` and their datalist ``output_dir/datalist.json``.
 
-    ``val_fraction`` of the cases go to ``validation`` (and ``testing``). Returns the datalist path.
-    Example: ``python scripts/make_demo_data.py --output_dir demo_data --num_cases 8``.
+    ``val_fraction`` of the cases go to ``validation`` (and ``testing``). ``layout``: ``brats2021`` or
+    ``brats2023`` (GLI naming, labels 1/2/3; see :func:`make_demo_dataset`). Returns the datalist path.
+    Example: ``python scripts/make_demo_data.py --output_dir demo_data --num_cases 8 --layout brats2023``.
     """
-    make_demo_dataset(output_dir, num_cases=num_cases, shape=shape, spacing=spacing, seed=seed, overwrite=overwrite)
+    make_demo_dataset(
+        output_dir, num_cases=num_cases, shape=shape, spacing=spacing, seed=seed, overwrite=overwrite, layout=layout
+    )
     return prepare_datalist(
-        "brats", output_dir, output=os.path.join(output_dir, "datalist.json"), val_fraction=val_fraction, seed=seed
+        "brats" if layout == "brats2021" else layout, output_dir, output=os.path.join(output_dir, "datalist.json"),
+        val_fraction=val_fraction, seed=seed,
     )
