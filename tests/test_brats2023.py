@@ -59,6 +59,9 @@ def test_brats2023_preset_trains_segments_and_evaluates(gli_data, tmp_path):
     evaluate.initialize()
     evaluate.run()
     means = dict(csv.reader(open(tmp_path / "eval" / "metrics.csv")))
-    for name in ("dice_netc", "dice_snfh", "dice_et", "dice_region_tc", "dice_region_wt", "dice_region_et"):
+    for name in ("dice_netc", "dice_snfh", "dice_et", "dice_region_tc", "dice_region_wt", "dice_region_et",
+                 "lesion_dice_tc", "lesion_dice_wt", "lesion_dice_et"):
         assert 0.0 <= float(means[name]) <= 1.0, name
+    for region in ("tc", "wt", "et"):  # lesion-wise HD95 lies between a perfect 0 and the challenge's 374 mm
+        assert 0.0 <= float(means[f"lesion_hd95_{region}"]) <= 374.0
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)

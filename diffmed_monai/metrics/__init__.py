@@ -1,13 +1,17 @@
-"""Evaluation metrics: per-class and per-BraTS-region Dice and HD95 (BraTS empty-structure rules), summary table."""
+"""Evaluation metrics: per-class and per-region Dice and HD95 (BraTS rules), BraTS 2023 lesion-wise scores, summary."""
 
 from .hd95 import EMPTY_CASE_RULES, HausdorffDistance95
+from .lesionwise import BRATS2023_LESION_SETTINGS, LesionWiseMetric, lesion_wise_scores
 from .segmentation import channel_output_transform, segmentation_metrics
 from .summary import MetricsSummaryTable
 
 __all__ = [
+    "BRATS2023_LESION_SETTINGS",
     "EMPTY_CASE_RULES",
     "HausdorffDistance95",
+    "LesionWiseMetric",
     "MetricsSummaryTable",
     "channel_output_transform",
+    "lesion_wise_scores",
     "segmentation_metrics",
 ]
