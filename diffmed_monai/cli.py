@@ -68,12 +68,15 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
         "metrics_csv": str(eval_dir / "metrics.csv"),
         "checkpoint": str(run_dir / "models" / "model.pt"),
         "tensorboard": str(run_dir / "eval" / "tensorboard"),
+        "progress_plot": str(run_dir / "eval" / "progress.png"),
         "seconds": round(time.time() - started, 1),
     }
     print(f"[5/5] Done in {result['seconds']} s", flush=True)
     print(f"  label maps ({len(labels)}): {pred_dir}", flush=True)
     print(f"  metrics CSV:  {result['metrics_csv']} (per-case details beside it)", flush=True)
     print(f"  checkpoint:   {result['checkpoint']}", flush=True)
+    plot = Path(result["progress_plot"])
+    print(f"  progress:     {plot if plot.is_file() else 'no progress.png (pip install diffmed-monai[plots])'}", flush=True)
     return result
 
 

@@ -94,6 +94,8 @@ def test_two_epoch_tiny_training_run(demo_data, tmp_path):
     first, last = sum(losses[:per_epoch]) / per_epoch, sum(losses[per_epoch:]) / per_epoch
     assert last < first, losses
     assert _tb_scalars(str(tmp_path / "eval" / "tensorboard"), "loss_kd")
+    progress = tmp_path / "eval" / "progress.png"  # written after each validation (matplotlib is a dev extra)
+    assert progress.read_bytes().startswith(b"\x89PNG") and progress.stat().st_size > 10_000
 
 
 @pytest.mark.slow

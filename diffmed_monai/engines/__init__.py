@@ -10,6 +10,7 @@ from .checkpoint import (
     epoch_checkpoints,
     write_atomic,
 )
+from .progress import ProgressPlot
 from .trainer import DiffMedTrainer, DistillationBatch, DistillationInferer, loss_parts, sample_modality_mask
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DiffMedTrainer",
     "DistillationBatch",
     "DistillationInferer",
+    "ProgressPlot",
     "ResumableCheckpoint",
     "check_checkpoint",
     "epoch_checkpoints",

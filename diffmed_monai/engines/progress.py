@@ -1,0 +1,100 @@
+"""``progress.png``: the training curves (loss parts per epoch, validation Dice per class) after every validation.
+
+The anchor is nnU-Net's ``progress.png``. matplotlib is optional (``pip install diffmed-monai[plots]``): without
+it the handler logs once that no plot is written and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+
+from ignite.engine import Events
+from monai.utils import optional_import
+
+from ..losses import LOSS_PARTS
+from .checkpoint import write_atomic
+
+__all__ = ["ProgressPlot"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressPlot:
+    """Trainer handler: mean ``loss`` and loss parts per epoch, and the validator's Dice metrics, drawn to ``path``.
+
+    Attach to the trainer; it also listens to ``validator`` (the validation evaluator) and writes the figure,
+    atomically, when a validation completes (with DDP only rank 0 should attach it). The history lives in memory:
+    a resumed run draws from its first resumed epoch on.
+
+    Args:
+        path: the PNG to write (e.g. ``<output_dir>/progress.png``).
+        validator: the evaluator whose ``engine.state.metrics`` with ``dice`` in their names are plotted.
+    """
+
+    def __init__(self, path: str, validator) -> None:
+        self.path = path
+        self.validator = validator
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+        self.losses: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.dice: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.plt, self.has_matplotlib = optional_import("matplotlib.pyplot")
+        self.told_missing = False
+        self.trainer = None
+
+    def attach(self, engine) -> None:
+        self.trainer = engine
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_means)
+        self.validator.add_event_handler(Events.COMPLETED, self._after_validation)
+
+    def _accumulate(self, engine) -> None:
+        output = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
+        for key in ("loss", *LOSS_PARTS):
+            if key in output:
+                self.sums[key] += float(output[key])
+        self.count += 1
+
+    def _epoch_means(self, engine) -> None:
+        if not self.count:  # already folded (validation ran first at this EPOCH_COMPLETED)
+            return
+        for key, total in self.sums.items():
+            self.losses[key].append((engine.state.epoch, total / max(self.count, 1)))
+        self.sums.clear()
+        self.count = 0
+
+    def _after_validation(self, validator) -> None:
+        epoch = self.trainer.state.epoch if self.trainer is not None else validator.state.epoch
+        if self.trainer is not None:
+            self._epoch_means(self.trainer)  # this epoch's losses, whatever the handlers' order
+        for name, value in validator.state.metrics.items():
+            if "dice" in name:
+                self.dice[name].append((epoch, float(value)))
+        self.write()
+
+    def write(self) -> None:
+        """Draw the two panels (losses on a log scale, Dice) to :attr:`path`."""
+        if not self.has_matplotlib:
+            if not self.told_missing:
+                logger.info("matplotlib is not installed: no %s (pip install diffmed-monai[plots]).", self.path)
+                self.told_missing = True
+            return
+        self.plt.switch_backend("Agg")
+        figure, (loss_axis, dice_axis) = self.plt.subplots(1, 2, figsize=(12, 4.5))
+        for key, points in self.losses.items():
+            loss_axis.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+        loss_axis.set(xlabel="epoch", ylabel="mean over the epoch", title="training loss", yscale="log")
+        for key, points in self.dice.items():
+            dice_axis.plot(*zip(*points), label=key, marker="o")
+        dice_axis.set(xlabel="epoch", ylabel="Dice", title="validation", ylim=(0, 1))
+        for axis in (loss_axis, dice_axis):
+            axis.grid(alpha=0.3)
+            axis.xaxis.set_major_locator(self.plt.MaxNLocator(integer=True))
+            if axis.lines:
+                axis.legend(fontsize=8)
+        figure.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        write_atomic(self.path, lambda f: figure.savefig(f, format="png", dpi=100))
+        self.plt.close(figure)
