@@ -137,27 +137,28 @@ def _module_of(key: str) -> str:
 def _describe_mismatch(name: str, saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     """One line per parameter shaped otherwise in ``saved`` than in ``expected`` (a ``state_dict``), then one line per
     module with parameters missing from, or only in, the checkpoint."""
-    lines = []
-    for key in expected.keys() & saved.keys():
+    named, other = [], []  # the differences a config key explains first, then the other shapes, in network order
+    for key in (k for k in expected if k in saved):
         got, want = tuple(getattr(saved[key], "shape", ())), tuple(getattr(expected[key], "shape", ()))
         if got == want:
             continue
         if key.endswith("decoder.classifier.weight"):
-            lines.append(f"{name}.{key}: checkpoint has {got[0]} classes, the config {want[0]} (`label_values`)")
+            named.append(f"{name}.{key}: checkpoint has {got[0]} classes, the config {want[0]} (`label_values`)")
         elif key.endswith("projection.weight"):
-            lines.append(
+            named.append(
                 f"{name}.{key}: checkpoint has {got[0]} modalities and teacher width {got[-1]}, the config "
                 f"{want[0]} and {want[-1]} (`modalities`, `teacher_arch`)"
             )
         else:
-            lines.append(f"{name}.{key}: checkpoint {list(got)}, the config {list(want)}")
-    for keys, where in ((expected.keys() - saved.keys(), "missing from the checkpoint"),
-                        (saved.keys() - expected.keys(), "in the checkpoint, not in the network")):
+            other.append(f"{name}.{key}: checkpoint {list(got)}, the config {list(want)}")
+    lines = named + other
+    for keys, where in (([k for k in expected if k not in saved], "missing from the checkpoint"),
+                        ([k for k in saved if k not in expected], "in the checkpoint, not in the network")):
         modules: dict[str, int] = {}
         for key in keys:
             modules[_module_of(key)] = modules.get(_module_of(key), 0) + 1
-        lines += [f"{name}.{module}: {count} tensor(s) {where}" for module, count in sorted(modules.items())]
-    return sorted(lines, key=lambda line: "tensor(s)" in line)  # shape differences first
+        lines += [f"{name}.{module}: {count} tensor(s) {where}" for module, count in modules.items()]
+    return lines
 
 
 def check_checkpoint(path: str | os.PathLike, load_dict: Mapping[str, Any], key: str = "ckpt_path") -> dict:
