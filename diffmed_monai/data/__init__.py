@@ -1,4 +1,5 @@
-"""Demo data, dataset scanners and datalists, inference cases, and the case checks that refuse bad input."""
+"""Demo data, dataset scanners and datalists, inference cases, the case checks that refuse bad input, and the
+preprocessed slice store training reads from."""
 
 from .cases import InferenceCases, require_file
 from .checks import CaseError, check_case, check_datalist
@@ -14,20 +15,41 @@ from .datalist import (
     split_cases,
     write_datalist,
 )
+from .slices import StoreSliceDataset, StoreSlices, StoreVolumeDataset, StoreVolumes
+from .store import (
+    STORE_FORMAT_VERSION,
+    CaseRecord,
+    PreprocessSummary,
+    SliceStore,
+    StoreError,
+    case_id_of,
+    describe_transform,
+)
 from .demo import DEMO_LABELS, DEMO_MODALITIES, DEMO_TISSUES, demo_affine, make_demo_case, make_demo_data, make_demo_dataset
 
 __all__ = [
     "BRATS_MODALITIES",
     "CaseError",
+    "CaseRecord",
     "DATASET_MODALITIES",
     "DEMO_LABELS",
     "DEMO_MODALITIES",
     "DEMO_TISSUES",
     "ISLES22_MODALITIES",
     "InferenceCases",
+    "PreprocessSummary",
+    "STORE_FORMAT_VERSION",
+    "SliceStore",
+    "StoreError",
+    "StoreSliceDataset",
+    "StoreSlices",
+    "StoreVolumeDataset",
+    "StoreVolumes",
+    "case_id_of",
     "check_case",
     "check_datalist",
     "demo_affine",
+    "describe_transform",
     "make_demo_case",
     "make_demo_data",
     "make_demo_dataset",
