@@ -15,7 +15,7 @@ from .datalist import (
     split_cases,
     write_datalist,
 )
-from .slices import StoreSliceDataset, StoreSlices, StoreVolumeDataset, StoreVolumes
+from .slices import StoreSliceDataset, StoreSlices, StoreVolumeDataset, StoreVolumes, untracked_worker_init
 from .store import (
     STORE_FORMAT_VERSION,
     CaseRecord,
@@ -60,5 +60,6 @@ __all__ = [
     "scan_folder",
     "scan_isles22",
     "split_cases",
+    "untracked_worker_init",
     "write_datalist",
 ]

@@ -12,11 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from monai.data import Dataset
+from monai.data import Dataset, set_track_meta, worker_init_fn
 
 from .store import CaseRecord, SliceStore
 
-__all__ = ["StoreSliceDataset", "StoreSlices", "StoreVolumeDataset", "StoreVolumes"]
+__all__ = ["StoreSliceDataset", "StoreSlices", "StoreVolumeDataset", "StoreVolumes", "untracked_worker_init"]
+
+
+def untracked_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of the training ``DataLoader``: MONAI's own (a different seed for the random transforms of
+    each worker) after switching MetaTensor tracking off in that worker process (``monai.data.set_track_meta``).
+
+    The slice transforms need no metadata (nothing is inverted), and on plain tensors MONAI's transforms of a
+    256 x 256 slice run about 1.5x faster. Only the worker processes change; the main process keeps tracking.
+    """
+    set_track_meta(False)
+    worker_init_fn(worker_id)
 
 
 class StoreSlices(Sequence):
