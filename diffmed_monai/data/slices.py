@@ -24,7 +24,8 @@ def untracked_worker_init(worker_id: int) -> None:
     each worker) after switching MetaTensor tracking off in that worker process (``monai.data.set_track_meta``).
 
     The slice transforms need no metadata (nothing is inverted), and on plain tensors MONAI's transforms of a
-    256 x 256 slice run about 1.5x faster. Only the worker processes change; the main process keeps tracking.
+    4 x 256 x 256 slice ran 1.7x faster (transforms alone, one core). Only the worker processes change; the main
+    process keeps tracking.
     """
     set_track_meta(False)
     worker_init_fn(worker_id)

@@ -24,7 +24,8 @@ valid when its ``case.json`` parses, holds this store's settings digest and the 
 **Keyed by its settings.** ``store.json`` holds the format version, modalities, label values, pixdim and a
 description of every preprocessing transform (type and public attributes, read from the instantiated transforms of
 the config). Opening a store with other settings raises :class:`StoreError` naming the first setting that
-differs; nothing is reused or deleted silently.
+differs; nothing is reused or deleted silently. (A MONAI upgrade that changes a transform's attributes counts as a
+change too: preprocess again into a new folder.)
 """
 
 from __future__ import annotations
