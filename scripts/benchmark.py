@@ -28,7 +28,9 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -281,8 +283,401 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(**kwargs: Any) -> None:
-    print(format_report(run_benchmark(**kwargs)))
+# --------------------------------------------------------------------------------------------------------------
+# data section: the slice store against the CacheDataset pipeline, on BraTS-size cases made here
+
+BRATS_SHAPE = (240, 240, 155)
+
+
+def brats_like_case(seed: int, shape: Sequence[int] = BRATS_SHAPE) -> tuple[dict, Any]:
+    """A BraTS-like case at 1 mm: :func:`~diffmed_monai.data.make_demo_case`'s head phantom, skull-stripped (every
+    voxel outside the brain exactly 0, as in real BraTS). Returns ``({modality: (X, Y, Z) float32}, seg uint8)``."""
+    import numpy as np
+
+    from diffmed_monai.data import DEMO_TISSUES, make_demo_case
+
+    images, seg, tissue = make_demo_case(shape, seed=seed, spacing=(1.0, 1.0, 1.0), return_tissue=True)
+    outside = np.isin(tissue, [DEMO_TISSUES.index(t) for t in ("background", "scalp", "skull")])
+    for volume in images.values():
+        volume[outside] = 0.0
+    return images, seg
+
+
+def write_brats_like_cases(root: Path, num_cases: int, distinct: int, shape: Sequence[int] = BRATS_SHAPE) -> list[dict]:
+    """``num_cases`` case folders in the BraTS 2021 layout under ``root`` (``.nii.gz``, LPS affine as BraTS): the
+    first ``distinct`` are generated, case ``i`` is a hard link of case ``i % distinct`` under its own name (the
+    store still reads and preprocesses every case). Returns the cases as datalist entries (absolute paths)."""
+    import nibabel as nib
+
+    from diffmed_monai.data import BRATS_MODALITIES, demo_affine
+
+    affine = demo_affine(shape, (1.0, 1.0, 1.0))
+    cases = []
+    for i in range(num_cases):
+        case_id = f"BraTS2021_{i:05d}"
+        folder = root / case_id
+        names = [f"{case_id}_{m}.nii.gz" for m in BRATS_MODALITIES] + [f"{case_id}_seg.nii.gz"]
+        if not all((folder / n).is_file() for n in names):
+            folder.mkdir(parents=True, exist_ok=True)
+            if i < distinct:
+                images, seg = brats_like_case(seed=i, shape=shape)
+                for m, n in zip(BRATS_MODALITIES, names):
+                    nib.save(nib.Nifti1Image(images[m], affine), str(folder / n))
+                nib.save(nib.Nifti1Image(seg, affine), str(folder / names[-1]))
+            else:
+                source = root / f"BraTS2021_{i % distinct:05d}"
+                for n in names:
+                    (folder / n).unlink(missing_ok=True)
+                    os.link(source / n.replace(case_id, source.name), folder / n)
+        images = [str(folder / n) for n in names[:-1]]
+        cases.append({"case_id": case_id, "image": images, "label": str(folder / names[-1])})
+    return cases
+
+
+def _datalist(path: Path, train: list[dict], val: list[dict]) -> str:
+    path.write_text(json.dumps({"training": train, "validation": val, "testing": val}, indent=1))
+    return str(path)
+
+
+def _process_memory() -> dict:
+    """Peak and current resident memory of this process in MB (``/proc/self/status``): ``peak_rss`` (VmHWM),
+    ``rss`` (VmRSS), ``rss_anon`` (private memory: what the process itself holds) and ``rss_file`` (mapped files,
+    page cache shared with other processes)."""
+    fields = {"VmHWM": "peak_rss", "VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file"}
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in fields:
+                out[fields[key]] = int(line.split()[1]) / 1024
+    return out
+
+
+def _read_slices(loader, warmup: int, slices: int) -> tuple[float, list]:
+    """Slices/s of ``loader`` over ``slices`` slices after ``warmup`` (re-iterated across epochs as needed)."""
+    count, t0, start = 0, None, 0
+    while t0 is None or count - start < slices:
+        for batch in loader:
+            count += batch["image"].shape[0]
+            if t0 is None and count >= warmup:
+                t0, start = time.perf_counter(), count
+            elif t0 is not None and count - start >= slices:
+                break
+    return (count - start) / (time.perf_counter() - t0), list(batch["image"].shape[1:])
+
+
+def loader_child(spec: dict) -> dict:
+    """Run in a fresh process, one torch thread: build the bundle's ``train#dataloader`` from
+    ``spec["config_files"]`` and ``spec["overrides"]`` twice and read ``spec["slices"]`` slices after
+    ``spec["warmup"]``: with ``num_workers`` 0 (build seconds, slices/s in this process with MetaTensors, and this
+    process's memory: it holds the dataset) and with one worker process (slices/s per worker, the figure that
+    matters: the bundle's worker_init_fn switches MetaTensor tracking off there)."""
+    torch.set_num_threads(1)
+
+    def build(workers: int):
+        parser = ConfigParser()
+        parser.read_config(spec["config_files"])
+        parser.update({**spec["overrides"], "num_workers": workers})
+        return parser.get_parsed_content("train#dataloader")
+
+    started = time.perf_counter()
+    loader = build(0)
+    built = time.perf_counter() - started
+    memory_built = _process_memory()
+    in_process, shape = _read_slices(loader, spec["warmup"], spec["slices"])
+    memory = _process_memory()
+    del loader
+    per_worker, _ = _read_slices(build(1), spec["warmup"], spec["slices"])
+    return {"build_s": built, "slices_per_s": per_worker, "slices_per_s_in_process": in_process,
+            "slices": spec["slices"], "slice_shape": shape, "memory_after_build_mb": memory_built, "memory_mb": memory}
+
+
+def _child(spec: dict, timeout: float = 900) -> dict:
+    """Run :func:`loader_child` in a fresh Python process (its memory is its own) and return its result."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        done = subprocess.run([sys.executable, __file__, "--section", "loader_child", "--spec", f.name],
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.unlink(f.name)
+    if done.returncode:
+        raise RuntimeError(f"benchmark child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class FirstStepTimer:
+    """Training handler of the first-step measurement: at the first ``ITERATION_STARTED`` (model, teacher, store
+    checked, loader workers up and the first batch loaded) write ``time.time()`` to ``path`` and end the process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        Path(self.path).write_text(json.dumps({"time": time.time(), "batch": list(engine.state.batch["image"].shape)}))
+        os._exit(0)  # the measurement ends here; a CPU training step of the full network would take minutes
+
+
+def time_to_first_step(config_files: Sequence[str], overrides: dict, work: Path, timeout: float = 600) -> dict:
+    """Seconds from launching ``python -m monai.bundle run training`` until its first training step starts."""
+    import subprocess
+    import sys
+
+    marker = work / "first_step.json"
+    marker.unlink(missing_ok=True)
+    extra = work / "first_step_config.json"
+    extra.write_text(json.dumps({
+        "+imports": ["$from benchmark import FirstStepTimer"],
+        "train#trainer#train_handlers": f"$[FirstStepTimer({str(marker)!r})] + @train#handlers",
+    }))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", json.dumps([*map(str, config_files), str(extra)]),
+           "--meta_file", str(BUNDLE_CONFIGS / "metadata.json"), "--logging_file", str(BUNDLE_CONFIGS / "logging.conf")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    started = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(work))
+    if done.returncode or not marker.is_file():
+        raise RuntimeError(f"training did not reach its first step:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    result = json.loads(marker.read_text())
+    return {"seconds": result["time"] - started, "first_batch": result["batch"]}
+
+
+def store_formats(store, case_id: str, reads: int = 200) -> dict:
+    """Bytes of one stored case and the time to read one random axial slice, for the store's format (``.npy``
+    per case, memory-mapped, opened per read) and two compressed alternatives: the whole case in one ``.npz``
+    (``np.savez_compressed``) and each slice compressed on its own (zlib level 1, a chunked container)."""
+    import tempfile
+    import zlib
+
+    import numpy as np
+
+    image, label = (np.asarray(a) for a in store.read_volume(case_id))
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, image.shape[0], reads)
+    npy_bytes = os.path.getsize(store.image_path(case_id)) + os.path.getsize(store.label_path(case_id))
+    t0 = time.perf_counter()
+    for z in picks:
+        store.read_slice(case_id, int(z))
+    npy_read = (time.perf_counter() - t0) / reads
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "case.npz")
+        t0 = time.perf_counter()
+        np.savez_compressed(path, image=image, label=label)
+        npz_write = time.perf_counter() - t0
+        npz_bytes = os.path.getsize(path)
+        t0 = time.perf_counter()
+        for z in picks[:3]:
+            with np.load(path) as f:
+                f["image"][z], f["label"][z]
+        npz_read = (time.perf_counter() - t0) / 3
+    t0 = time.perf_counter()
+    chunks = [(zlib.compress(image[z].tobytes(), 1), zlib.compress(label[z].tobytes(), 1)) for z in range(len(image))]
+    chunk_write = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for z in picks:
+        np.frombuffer(zlib.decompress(chunks[z][0]), np.float16), np.frombuffer(zlib.decompress(chunks[z][1]), np.uint8)
+    chunk_read = (time.perf_counter() - t0) / reads
+    return {
+        "npy_mmap": {"bytes": npy_bytes, "slice_read_s": npy_read, "write_s": None},
+        "npz_compressed_case": {"bytes": npz_bytes, "slice_read_s": npz_read, "write_s": npz_write},
+        "zlib_per_slice": {"bytes": sum(len(a) + len(b) for a, b in chunks), "slice_read_s": chunk_read,
+                           "write_s": chunk_write},
+    }
+
+
+def run_data_benchmark(
+    num_cases: Sequence[int] = (8, 32),
+    distinct: int = 4,
+    old_cases: Sequence[int] = (2, 4),
+    workers: int = 2,
+    slices: int = 400,
+    old_slices: int = 40,
+    presets: Sequence[str] = ("brats",),
+    workdir: str | None = None,
+    shape: Sequence[int] = BRATS_SHAPE,
+    output: str | None = "benchmark_data.json",
+) -> dict:
+    """The data section: preprocessing, store size, loader speed and memory, and time to the first step.
+
+    Args:
+        num_cases: training-set sizes N at which the store pipeline's memory is measured (the largest is
+            preprocessed; each smaller store is its first cases). One more case is the validation case.
+        distinct: phantoms generated at ``shape``; the other cases hard-link them under their own names (each is
+            still read and preprocessed as a case of its own).
+        old_cases: training-set sizes for the ``CacheDataset`` pipeline (``in_memory_train.json``); it caches every
+            case at each start, so it is measured on few cases.
+        workers: preprocessing processes.
+        slices, old_slices: slices timed per loader measurement (after a warm-up of one batch or more).
+        presets: merged over ``train.json`` (the BraTS preset: 1 mm, 256 x 256 slices, the full augmentation).
+        workdir: cases, datalists and the store go there (default ``<tmp>/diffmed_benchmark_data``); the cases are
+            kept for the next run, the store is written anew by each run.
+        output: JSON path (``None``: do not write).
+    """
+    from diffmed_monai.data import SliceStore
+
+    import tempfile
+
+    work = Path(workdir or os.path.join(tempfile.gettempdir(), "diffmed_benchmark_data")).resolve()
+    data_dir, store_dir = work / "data", work / "store"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(store_dir, ignore_errors=True)  # this benchmark's own store: preprocessing is measured every run
+    presets = [presets] if isinstance(presets, str) else list(presets)
+    files = [str(BUNDLE_CONFIGS / "train.json"), *(str(BUNDLE_CONFIGS / "presets" / f"{p}.json") for p in presets)]
+    n_max = max(num_cases)
+    load_start = os.getloadavg()
+
+    logger.info("data: writing %d BraTS-like cases %s (%d distinct) to %s", n_max + 1, list(shape), distinct, data_dir)
+    t0 = time.perf_counter()
+    cases = write_brats_like_cases(data_dir, n_max + 1, distinct, shape)
+    make_s = time.perf_counter() - t0
+    val = cases[-1:]
+    sizes = sorted(set(num_cases) | set(old_cases))
+    datalists = {n: _datalist(work / f"datalist_{n}.json", cases[:n], val) for n in sizes}
+    common = {"dataset_dir": str(data_dir), "store_dir": str(store_dir), "bundle_root": str(work / "run")}
+
+    # preprocessing: smallest N first, then the rest (a rerun of the same command continues the store)
+    preprocess = {}
+    for n in sorted(num_cases):
+        parser = bundle_parser("train", presets, **common, datalist=datalists[n], preprocess_workers=workers)
+        store: SliceStore = parser.get_parsed_content("store")
+        summary = store.preprocess(parser.get_parsed_content("store_cases"), num_workers=workers, progress=False)
+        preprocess[n] = summary
+    written = [s for s in preprocess.values() if s.written]
+    case_seconds = [c for s in written for c in s.case_seconds]
+    files_per_case = ("image.npy", "label.npy", "case.json")
+    store_bytes = sum(os.path.getsize(os.path.join(store.case_dir(c["case_id"]), f))
+                      for c in cases for f in files_per_case) / len(cases)
+    shapes = [r.shape for r in store.records(cases)]
+    verify = store.preprocess(parser.get_parsed_content("store_cases"), progress=False)  # what each start does
+
+    logger.info("data: store format comparison")
+    formats = store_formats(store, cases[0]["case_id"])
+
+    logger.info("data: loader speed and memory, store pipeline at N = %s", list(num_cases))
+    new = {n: _child({"config_files": files, "overrides": {**common, "datalist": datalists[n]}, "slices": slices,
+                      "warmup": 8}) for n in num_cases}
+    logger.info("data: loader speed and memory, CacheDataset pipeline at N = %s", list(old_cases))
+    old_files = files[:1] + [str(BUNDLE_CONFIGS / "in_memory_train.json")] + files[1:]
+    old = {n: _child({"config_files": old_files, "overrides": {**common, "datalist": datalists[n], "cache_rate": 1.0},
+                      "slices": old_slices, "warmup": 4}) for n in old_cases}
+
+    logger.info("data: time to the first training step on a second start (N = %d, store complete)", n_max)
+    first = time_to_first_step(files, {**common, "datalist": datalists[n_max], "teacher_random_init": True,
+                                       "epochs": 1}, work)
+
+    n_lo, n_hi = min(num_cases), max(num_cases)
+    rss = {n: new[n]["memory_mb"]["peak_rss"] for n in num_cases}
+    result = {
+        "meta": {
+            "cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__, "presets": presets,
+            "shape": list(shape), "cases": n_max + 1, "distinct_phantoms": distinct, "workers": workers,
+            "load_average_start": load_start, "load_average_end": os.getloadavg(), "make_cases_s": make_s,
+            "roi_size": bundle_parser("train", presets)["roi_size"],
+        },
+        "preprocess": {
+            "cases_written": sum(s.written for s in preprocess.values()),
+            "seconds_per_case_per_worker": statistics.mean(case_seconds) if case_seconds else None,
+            "wall_seconds_per_case": sum(s.seconds for s in written) / max(sum(s.written for s in written), 1),
+            "store_bytes_per_case": store_bytes,
+            "stored_shape_zmxy_mean": [statistics.mean(s[i] for s in shapes) for i in range(4)],
+            "verify_s_per_case": verify.seconds / verify.total,
+        },
+        "formats": formats,
+        "store_loader": {str(n): v for n, v in new.items()},
+        "cache_loader": {str(n): v for n, v in old.items()},
+        "first_step_second_start": first,
+        "summary": {
+            "store_slices_per_s_per_worker": new[n_hi]["slices_per_s"],
+            "cache_slices_per_s_per_worker": old[max(old_cases)]["slices_per_s"],
+            "speedup": new[n_hi]["slices_per_s"] / old[max(old_cases)]["slices_per_s"],
+            "store_peak_rss_growth": rss[n_hi] / rss[n_lo] - 1.0,
+            "store_peak_rss_mb_per_case": (rss[n_hi] - rss[n_lo]) / (n_hi - n_lo),
+            "cache_peak_rss_mb_per_case": (old[max(old_cases)]["memory_mb"]["peak_rss"]
+                                           - old[min(old_cases)]["memory_mb"]["peak_rss"])
+            / max(max(old_cases) - min(old_cases), 1),
+            "cache_build_s_per_case": old[max(old_cases)]["build_s"] / max(old_cases),
+            "first_step_s": first["seconds"],
+            "brats2021_store_gb": store_bytes * 1251 / 1e9,
+        },
+    }
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_data_report(result: dict) -> str:
+    """Markdown tables of a :func:`run_data_benchmark` result."""
+    meta, pre, summ = result["meta"], result["preprocess"], result["summary"]
+    lines = [
+        f"CPU: {meta['cpu']} ({meta['cpus']} cores), torch {meta['torch']}, presets {meta['presets']}, "
+        f"{meta['cases']} cases {meta['shape']} at 1 mm ({meta['distinct_phantoms']} distinct phantoms), "
+        f"load average {meta['load_average_start'][0]:.2f} -> {meta['load_average_end'][0]:.2f}.",
+        "",
+        "| preprocessing | value |",
+        "|---|---|",
+        f"| seconds per case per worker | {pre['seconds_per_case_per_worker']:.2f} |",
+        f"| wall seconds per case ({meta['workers']} workers) | {pre['wall_seconds_per_case']:.2f} |",
+        f"| store MB per case | {pre['store_bytes_per_case'] / 1e6:.1f} |",
+        f"| BraTS 2021 (1,251 cases) store GB | {summ['brats2021_store_gb']:.1f} |",
+        f"| ms per case to check a complete store (every start) | {pre['verify_s_per_case'] * 1e3:.2f} |",
+        "",
+        "| format | MB per case | ms per slice read | s to write |",
+        "|---|---|---|---|",
+    ]
+    for name, f in result["formats"].items():
+        write = "-" if f["write_s"] is None else f"{f['write_s']:.2f}"
+        lines.append(f"| {name} | {f['bytes'] / 1e6:.1f} | {f['slice_read_s'] * 1e3:.2f} | {write} |")
+    lines += ["", f"| loader, slices {meta['roi_size']} | N cases | build s | slices/s, one worker | "
+              "slices/s in process | peak RSS MB | RssAnon MB |", "|---|---|---|---|---|---|---|"]
+    for kind, key in (("slice store", "store_loader"), ("CacheDataset", "cache_loader")):
+        for n, e in result[key].items():
+            lines.append(f"| {kind} | {n} | {e['build_s']:.1f} | {e['slices_per_s']:.1f} | "
+                         f"{e['slices_per_s_in_process']:.1f} | {e['memory_mb']['peak_rss']:.0f} | "
+                         f"{e['memory_mb']['rss_anon']:.0f} |")
+    lines += [
+        "",
+        f"speedup (store / CacheDataset slices/s per worker): {summ['speedup']:.1f}x",
+        f"store peak RSS growth N={min(map(int, result['store_loader']))} -> {max(map(int, result['store_loader']))}: "
+        f"{summ['store_peak_rss_growth']:.1%} ({summ['store_peak_rss_mb_per_case']:.2f} MB per case; CacheDataset "
+        f"{summ['cache_peak_rss_mb_per_case']:.0f} MB per case)",
+        f"time to the first training step, second start: {summ['first_step_s']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(section: str = "model", spec: str | None = None, **kwargs: Any) -> None:
+    """``--section model`` (default): training and inference speed; ``--section data``: the data pipeline."""
+    if section == "model":
+        print(format_report(run_benchmark(**kwargs)))
+    elif section == "data":
+        print(format_data_report(run_data_benchmark(**kwargs)))
+    elif section == "loader_child":
+        print(json.dumps(loader_child(json.loads(Path(spec).read_text()))))
+    else:
+        raise ValueError(f"Unknown --section {section!r}; use model or data.")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,31 @@ class GrowingScore:
             engine.state.metrics[name] = float(GrowingScore.calls)
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, compute)
+
+
+class RecordSlices:
+    """Training handler that writes the ``(case_id, slice_index)`` of every item this process trained on to ``path``
+    (``{rank}`` replaced by the DDP rank, 0 without DDP) when the run completes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.items: list[tuple[str, int]] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_STARTED, self.record)  # the collated batch
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def record(self, engine) -> None:
+        batch = engine.state.batch
+        self.items += [(str(c), int(z)) for c, z in zip(batch["case_id"], batch["slice_index"])]
+
+    def write(self, engine) -> None:
+        import json
+
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        with open(self.path.format(rank=rank), "w") as f:
+            json.dump(self.items, f)

@@ -1,5 +1,5 @@
-"""The benchmark builds DiffMedDINOv3's training step and inference from the bundle configs and runs end to end on
-tiny sizes (no timing assertions)."""
+"""The benchmark builds DiffMedDINOv3's training step, inference and data pipelines from the bundle configs and runs
+end to end on tiny sizes (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
@@ -57,3 +58,24 @@ def test_benchmark_end_to_end_tiny(tmp_path):
                 assert _positive_finite(value), (section, name, key)
     assert all(_positive_finite(v) for v in saved["ratios"].values())
     assert "RANDOMLY INITIALISED" in benchmark.format_report(result)
+
+
+@pytest.mark.slow
+def test_data_benchmark_end_to_end_tiny(tmp_path):
+    out = tmp_path / "data.json"
+    result = benchmark.run_data_benchmark(
+        num_cases=(2, 3), distinct=2, old_cases=(1,), workers=0, slices=8, old_slices=8, presets=["tiny"],
+        workdir=str(tmp_path / "work"), shape=(32, 32, 24), output=str(out),
+    )
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["preprocess"]["cases_written"] == 4  # 3 training cases and 1 validation case, written once
+    assert set(saved["store_loader"]) == {"2", "3"} and set(saved["cache_loader"]) == {"1"}
+    for entry in [*saved["store_loader"].values(), *saved["cache_loader"].values()]:
+        assert _positive_finite(entry["slices_per_s"]) and _positive_finite(entry["memory_mb"]["peak_rss"])
+        assert entry["slice_shape"] == [4, 96, 96]  # the tiny preset's roi_size: the bundle's own pipeline
+    for name in ("npy_mmap", "npz_compressed_case", "zlib_per_slice"):
+        assert _positive_finite(saved["formats"][name]["bytes"])
+    assert saved["first_step_second_start"]["first_batch"][0] == 4
+    assert _positive_finite(saved["summary"]["first_step_s"])
+    assert "time to the first training step" in benchmark.format_data_report(result)

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from .helpers import BUNDLE, PRESETS, error_chain, workflow
+from .helpers import BUNDLE, PRESETS, REPO, error_chain, workflow
 
 TRAIN = BUNDLE / "configs" / "train.json"
 TINY = PRESETS / "tiny.json"
@@ -62,16 +62,15 @@ def test_every_preset_parses_and_resolves(preset):
             parser.get_parsed_content("preprocessing")
 
 
-def test_teacher_is_built_only_when_training_runs(demo_data, tmp_path):
-    """``monai.bundle.load`` initialises the train workflow: no teacher weights are needed for that; running the
-    training without them is a clear error naming the key, raised before any data is loaded."""
+def test_missing_teacher_weights_fail_before_any_preprocessing(demo_data, tmp_path):
+    """The teacher is built first in ``initialize``: without weights the error names the key, before any case of the
+    data set is read or written to the store (hours at BraTS scale)."""
     wf = workflow([TRAIN], bundle_root=str(tmp_path), dataset_dir=str(demo_data))
-    wf.initialize()
-    assert wf.parser.get_parsed_content("network_def") is not None
     with pytest.raises(Exception) as err:
-        wf.run()
+        wf.initialize()
     assert "teacher_weights" in error_chain(err.value)
-    assert "train::dataset" not in wf.parser.ref_resolver.resolved_content  # failed before the data
+    store = tmp_path / "store"
+    assert not store.exists() or not any(store.rglob("*.npy"))
 
 
 @pytest.mark.slow
@@ -125,21 +124,40 @@ def test_interrupted_run_resumes_from_saved_epoch(demo_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
+def test_ddp_two_processes_on_cpu_read_disjoint_shards_of_the_store(demo_data, tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(TINY)])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(demo_data)})
+    parser.get_parsed_content("preprocess_store")  # the ranks only read the store; preprocessing comes first
+    train_ids = {os.path.basename(c["case_id"]) for c in parser.get_parsed_content("train#datalist")}
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({
+        "+imports": ["$from tests.helpers import RecordSlices"],
+        "train#trainer#train_handlers": "$[RecordSlices(os.path.join(@bundle_root, 'rank{rank}.json'))]"
+                                        " + (@train#handlers[:2] if dist.get_rank() > 0 else @train#handlers)",
+    }))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "training",
-        "--config_file", json.dumps([str(TRAIN), str(BUNDLE / "configs" / "multi_gpu_train.json"), str(TINY)]),
+        "--config_file",
+        json.dumps([str(TRAIN), str(BUNDLE / "configs" / "multi_gpu_train.json"), str(TINY), str(record)]),
         "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
         "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
         "--bundle_root", str(tmp_path), "--dataset_dir", str(demo_data), "--epochs", "1",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert os.path.isfile(tmp_path / "models" / "checkpoint_epoch=1.pt")
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # DDP wrapper not in the published weights
+    shards = [{tuple(item) for item in json.loads((tmp_path / f"rank{r}.json").read_text())} for r in (0, 1)]
+    assert shards[0] and shards[1]
+    assert not shards[0] & shards[1]  # each rank read its own slices
+    assert {cid for cid, _ in shards[0] | shards[1]} <= train_ids
 
 
 def test_bad_training_data_stops_before_training(demo_data, tmp_path):

@@ -1,5 +1,5 @@
-"""The README's main command: ``diffmed-monai demo`` runs data -> training -> inference -> evaluation and prints
-where its outputs are (here shortened to 1 epoch on 4 cases)."""
+"""The README's main command: ``diffmed-monai demo`` runs data -> store -> training -> inference -> evaluation and
+prints where its outputs are (here shortened to 1 epoch on 4 cases)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_demo_command_writes_label_maps_and_metrics(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in out
     assert "RANDOMLY INITIALISED" in done.stdout + done.stderr  # the tiny teacher says it is untrained
 

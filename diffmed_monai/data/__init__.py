@@ -1,4 +1,5 @@
-"""Demo data, dataset scanners and datalists, inference cases, and the case checks that refuse bad input."""
+"""Demo data, dataset scanners and datalists, inference cases, the case checks that refuse bad input, and the
+preprocessed slice store training reads from."""
 
 from .cases import CasesFailed, InferenceCases, require_file
 from .checks import CaseError, check_case, check_datalist
@@ -25,11 +26,22 @@ from .demo import (
     make_demo_data,
     make_demo_dataset,
 )
+from .slices import StoreSliceDataset, StoreSlices, StoreVolumeDataset, StoreVolumes, untracked_worker_init
+from .store import (
+    STORE_FORMAT_VERSION,
+    CaseRecord,
+    PreprocessSummary,
+    SliceStore,
+    StoreError,
+    case_id_of,
+    describe_transform,
+)
 
 __all__ = [
     "BRATS2023_MODALITIES",
     "BRATS_MODALITIES",
     "CaseError",
+    "CaseRecord",
     "CasesFailed",
     "DATASET_MODALITIES",
     "DEMO_LABELS",
@@ -38,9 +50,19 @@ __all__ = [
     "DEMO_TISSUES",
     "ISLES22_MODALITIES",
     "InferenceCases",
+    "PreprocessSummary",
+    "STORE_FORMAT_VERSION",
+    "SliceStore",
+    "StoreError",
+    "StoreSliceDataset",
+    "StoreSlices",
+    "StoreVolumeDataset",
+    "StoreVolumes",
+    "case_id_of",
     "check_case",
     "check_datalist",
     "demo_affine",
+    "describe_transform",
     "make_demo_case",
     "make_demo_data",
     "make_demo_dataset",
@@ -51,5 +73,6 @@ __all__ = [
     "scan_folder",
     "scan_isles22",
     "split_cases",
+    "untracked_worker_init",
     "write_datalist",
 ]
