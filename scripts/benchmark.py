@@ -200,7 +200,7 @@ def run_benchmark(
     amp = dev.type == "cuda" if amp is None else bool(amp)
     infer_parser = bundle_parser("inference", presets, device=dev, amp=amp)
     modalities, num_classes = len(infer_parser["modalities"]), infer_parser.get_parsed_content("num_classes")
-    size = int(image_size or infer_parser["roi_size"][0])
+    size = int(image_size or bundle_parser("train", presets)["roi_size"][0])
     if size % 32 or size < 64:
         raise ValueError(f"`image_size`={size} must be a multiple of 32 and >= 64 (SwinUNETR-2D downsamples by 32).")
     batches = synthetic_batches(steps, batch_size, modalities, num_classes, size)
