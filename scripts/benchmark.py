@@ -225,7 +225,8 @@ def monai_case_runner(network: torch.nn.Module, inferer, files: list[str], pixdi
                       sigmoid: bool) -> Callable[[], Any]:
     """One case as MONAI's ``brats_mri_segmentation`` bundle runs it: ``LoadImaged`` -> RAS -> ``Spacingd`` ->
     ``NormalizeIntensityd`` (non-zero, per channel), ``inferer`` over ``network``, then sigmoid + threshold 0.5
-    (``sigmoid``, the bundle's 3 overlapping regions) or softmax + argmax."""
+    (``sigmoid``, the bundle's 3 overlapping regions) or softmax + argmax. bf16 autocast on CUDA when ``amp``, as
+    MONAI's evaluators do."""
     from monai.transforms import Activations, AsDiscrete, Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd
 
     preprocessing = Compose([
@@ -239,7 +240,7 @@ def monai_case_runner(network: torch.nn.Module, inferer, files: list[str], pixdi
 
     def run() -> Any:
         image = preprocessing({"image": files})["image"]
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
             return post(inferer(image[None].to(device), network)[0].float())
 
     return run
@@ -288,7 +289,8 @@ def run_benchmark(
         image_size: training slice size, and SwinUNETR-2D's inference window (default: ``train.json``'s ``roi_size``).
         volume_shape: ``(H, W, D)`` of the BraTS-like inference case (1 mm; brain as :data:`BRAIN_SEMI_AXES`).
         repeats, warmup: timed and untimed repetitions of each measurement.
-        amp: bf16 autocast (default: on for CUDA, as the configs).
+        amp: bf16 autocast (default: on for CUDA, as the configs); inference autocasts on CUDA only, as MONAI's
+            evaluators and the bundle do.
         sections: ``"training"`` and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
         output: JSON path (``None``: do not write).
