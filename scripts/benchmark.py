@@ -358,7 +358,7 @@ def run_benchmark(
                 inference[name] = time_case(run, dev, repeats, warmup, inference_flops)
         meta.update(volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
                     diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
-                    max_batch_pixels=infer_parser["max_batch_pixels"])
+                    max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
         if inference_flops:
             for entry in inference.values():
                 entry["fraction_of_floor"] = entry["flops_per_volume"] / rate / entry["seconds_per_volume"]
