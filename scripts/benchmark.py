@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Speed of DiffMedDINOv3 as the bundle runs it, against the MONAI models a user would otherwise run.
 
-    python scripts/benchmark.py                                   # default network; CPU: a small volume
-    python scripts/benchmark.py --presets "['tiny']" --image_size 64 --volume_shape "[64,64,4]"   # seconds
-    python scripts/benchmark.py --device cuda --volume_shape "[240,240,155]" --output benchmark_gpu.json
+    python scripts/benchmark.py                                          # training, then one BraTS-size volume
+    python scripts/benchmark.py --sections "['inference']" --repeats 1 --warmup 0    # inference only, once
+    python scripts/benchmark.py --presets "['tiny']" --image_size 64 --volume_shape "[64,64,8]"   # seconds
+    python scripts/benchmark.py --device cuda --output benchmark_gpu.json
 
 Everything DiffMedDINOv3 runs is built from the bundle configs, not from a copy:
 
@@ -11,14 +12,17 @@ Everything DiffMedDINOv3 runs is built from the bundle configs, not from a copy:
   with the config's network, frozen teacher (always randomly initialised here: only its speed matters), loss and
   optimiser -- fed synthetic slice batches; against MONAI ``SwinUNETR`` (2D, feature_size 48, ``DiceCELoss``,
   AdamW) in MONAI's ``SupervisedTrainer`` on the same batches;
-* inference: ``network`` and ``inferer`` (``SliceInferer``) of ``inference.json`` (+ presets) on one volume;
-  against MONAI ``SegResNet`` with the ``brats_mri_segmentation`` bundle's network and sliding window, and
-  ``SwinUNETR``-2D through the same ``SliceInferer``.
+* inference: one BraTS-like case (by default 4 x 240 x 240 x 155 at 1 mm, zero outside an ellipsoidal brain as in
+  real BraTS; one NIfTI file per modality) run end to end -- ``preprocessing`` (loading included), ``network``
+  through ``inferer`` and ``postprocessing`` (all but the file writer) of ``inference.json`` (+ presets); against
+  MONAI ``SegResNet`` with the ``brats_mri_segmentation`` bundle's network, preprocessing and sliding window, and
+  ``SwinUNETR``-2D through MONAI's ``SliceInferer`` at the training slice size, on the same files in the same run.
 
 Timing uses ``torch.utils.benchmark.Timer`` (median over repeats, after a warm-up; on CUDA the timer
-synchronises). Beside each figure stands its arithmetic floor: FLOPs counted with
-``torch.utils.flop_counter.FlopCounterMode`` divided by the matmul rate measured in the same process. Results go to
-a JSON file and a table on stdout; see ``docs/benchmarks.md``.
+synchronises). Beside each training figure stands its arithmetic floor: FLOPs counted with
+``torch.utils.flop_counter.FlopCounterMode`` divided by the matmul rate measured in the same process (for inference
+too with ``--inference_flops True``, which costs one more pass of each model). Results go to a JSON file and a table
+on stdout; see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ import platform
 import resource
 import shutil
 import statistics
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from torch.utils.benchmark import Timer
@@ -45,6 +52,10 @@ BUNDLE_CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 #: MONAI Model Zoo ``brats_mri_segmentation``: its network and sliding-window settings (the 3D peer).
 SEGRESNET_BUNDLE = dict(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, out_channels=3, dropout_prob=0.2)
 SEGRESNET_WINDOW = dict(sw_batch_size=1, overlap=0.5)
+#: SwinUNETR-2D through MONAI's SliceInferer: whole-volume slices at the training size (roi from ``train.json``)
+SWIN_SLICE_WINDOW = dict(sw_batch_size=4, overlap=0.25)
+#: semi-axes of an adult brain in the BraTS grid, as fractions of 240 x 240 x 155 (about 140 x 175 x 137 mm at 1 mm)
+BRAIN_SEMI_AXES = (70 / 240, 87 / 240, 68 / 155)
 
 logger = logging.getLogger("benchmark")
 
@@ -117,23 +128,40 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
 
 
 class PeakMemory:
-    """Peak memory in GB of a section: ``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak RSS
-    (``getrusage``; it never decreases, so on a CPU each figure is the peak so far in the run)."""
+    """Peak memory in GB of a section: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU the peak growth of the
+    process's resident set above its size at the start (sampled every 5 ms from ``/proc/self/statm``; Linux)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.gb: float | None = None
+        self._stop = threading.Event()
+        self._peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._start = self._peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             self.gb = torch.cuda.max_memory_allocated(self.device) / 1e9
         else:
-            self.gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+            self._stop.set()
+            self._thread.join()
+            self.gb = (max(self._peak, self._rss()) - self._start) / 1e9
 
 
 def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
@@ -153,22 +181,92 @@ def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
     }
 
 
-def time_inference(network, inferer, volume: torch.Tensor, amp: bool, repeats: int, warmup: int) -> dict:
-    """Seconds per volume of ``inferer(volume, network)`` under ``inference_mode`` (bf16 autocast when ``amp``)."""
-    network.eval()
+def brats_like_case(folder: str, shape: Sequence[int], modalities: Sequence[str], seed: int = 0) -> list[str]:
+    """Write one BraTS-like case, one float32 NIfTI per modality (1 mm, BraTS's LPS voxel order), into ``folder``
+    and return the paths: a smooth, noisy ellipsoidal brain with :data:`BRAIN_SEMI_AXES`, exactly 0 outside."""
+    import nibabel as nib
+    import torch.nn.functional as F
 
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast(volume.device.type, torch.bfloat16, enabled=amp):
-            inferer(volume, network)
+    gen = torch.Generator().manual_seed(seed)
+    size = torch.tensor([int(s) for s in shape], dtype=torch.float32)
+    axes = [(torch.arange(int(n), dtype=torch.float32) - (n - 1) / 2) / (a * n) for n, a in zip(size, BRAIN_SEMI_AXES)]
+    r2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    texture = F.interpolate(torch.rand(1, len(modalities), 8, 8, 6, generator=gen), size=tuple(int(s) for s in shape),
+                            mode="trilinear", align_corners=True)[0]
+    volume = (400.0 + 600.0 * texture + 40.0 * torch.randn(texture.shape, generator=gen)).clamp_min(1.0)
+    volume = (volume * (r2 < 1.0)).numpy()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    paths = []
+    for m, name in enumerate(modalities):
+        paths.append(os.path.join(folder, f"case_{name}.nii"))
+        nib.save(nib.Nifti1Image(volume[m], affine), paths[-1])
+    return paths
 
-    def count() -> None:  # FlopCounterMode + inference_mode breaks einsum under autocast (torch 2.14)
-        with torch.no_grad(), torch.autocast(volume.device.type, torch.bfloat16, enabled=amp):
-            inferer(volume, network)
 
-    flops = count_flops(count)
-    with PeakMemory(volume.device) as mem:
+def diffmed_case_runner(parser: ConfigParser, files: list[str], amp: bool) -> Callable[[], Any]:
+    """One case as ``inference.json`` runs it: ``preprocessing`` (loading included), ``inferer`` over ``network``
+    (bf16 autocast on CUDA when ``amp``, as ``SupervisedEvaluator``), ``postprocessing`` without the file writer."""
+    from diffmed_monai.transforms import SaveLabelNiftid
+
+    preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    network = parser.get_parsed_content("network").eval()
+    post = [t for t in parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveLabelNiftid)]
+    device = parser.get_parsed_content("device")
+
+    def run() -> Any:
+        data = preprocessing({"image": files})
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
+            data["pred"] = inferer(data["image"][None].to(device), network)[0]
+        for transform in post:
+            data = transform(data)
+        return data["pred"]
+
+    return run
+
+
+def monai_case_runner(network: torch.nn.Module, inferer, files: list[str], pixdim, device: torch.device, amp: bool,
+                      sigmoid: bool) -> Callable[[], Any]:
+    """One case as MONAI's ``brats_mri_segmentation`` bundle runs it: ``LoadImaged`` -> RAS -> ``Spacingd`` ->
+    ``NormalizeIntensityd`` (non-zero, per channel), ``inferer`` over ``network``, then sigmoid + threshold 0.5
+    (``sigmoid``, the bundle's 3 overlapping regions) or softmax + argmax. bf16 autocast on CUDA when ``amp``, as
+    MONAI's evaluators do."""
+    from monai.transforms import Activations, AsDiscrete, Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd
+
+    preprocessing = Compose([
+        LoadImaged("image", image_only=True, ensure_channel_first=True), Orientationd("image", axcodes="RAS"),
+        Spacingd("image", pixdim=pixdim, mode="bilinear"),
+        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+    ])
+    post = Compose([Activations(sigmoid=True), AsDiscrete(threshold=0.5)] if sigmoid else
+                   [Activations(softmax=True), AsDiscrete(argmax=True)])
+    network = network.to(device).eval()
+
+    def run() -> Any:
+        image = preprocessing({"image": files})["image"]
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
+            return post(inferer(image[None].to(device), network)[0].float())
+
+    return run
+
+
+def time_case(run: Callable[[], Any], device: torch.device, repeats: int, warmup: int, flops: bool) -> dict:
+    """Seconds per case of ``run()`` (loading to label map), its peak memory and, if ``flops``, its FLOPs."""
+    with PeakMemory(device) as mem:
         seconds = median_seconds(run, repeats, warmup)
-    return {"seconds_per_volume": seconds, "flops_per_volume": flops, "peak_mem_gb": mem.gb}
+    entry = {"seconds_per_volume": seconds, "peak_mem_gb": mem.gb}
+    if flops:
+        entry["flops_per_volume"] = count_flops(run)
+    return entry
+
+
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` gives it (``/proc/cpuinfo``), else ``platform``'s answer."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]}, {os.cpu_count()} logical CPUs"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
 
 
 def run_benchmark(
@@ -177,10 +275,12 @@ def run_benchmark(
     batch_size: int = 4,
     steps: int = 3,
     image_size: int | None = None,
-    volume_shape: Sequence[int] = (128, 128, 16),
+    volume_shape: Sequence[int] = (240, 240, 155),
     repeats: int = 3,
     warmup: int = 1,
     amp: bool | None = None,
+    sections: Sequence[str] = ("training", "inference"),
+    inference_flops: bool = False,
     output: str | None = "benchmark.json",
 ) -> dict:
     """Time training and inference of DiffMedDINOv3 (from the bundle configs) and the MONAI peers; return the dict.
@@ -189,71 +289,89 @@ def run_benchmark(
         presets: names in ``bundle/configs/presets`` merged over the bundle configs (e.g. ``["tiny"]``).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
         batch_size: training slices per step, the same for both trained models. steps: steps per timed epoch.
-        image_size: training slice size (default: the config's ``roi_size``).
-        volume_shape: ``(H, W, D)`` of the inference volume (M channels, random intensities).
+        image_size: training slice size, and SwinUNETR-2D's inference window (default: ``train.json``'s ``roi_size``).
+        volume_shape: ``(H, W, D)`` of the BraTS-like inference case (1 mm; brain as :data:`BRAIN_SEMI_AXES`).
         repeats, warmup: timed and untimed repetitions of each measurement.
-        amp: bf16 autocast (default: on for CUDA, as the configs).
+        amp: bf16 autocast (default: on for CUDA, as the configs); inference autocasts on CUDA only, as MONAI's
+            evaluators and the bundle do.
+        sections: ``"training"`` and/or ``"inference"``.
+        inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
         output: JSON path (``None``: do not write).
     """
+    from monai.inferers import SliceInferer, SlidingWindowInferer
     from monai.networks.nets import SegResNet, SwinUNETR
 
     presets = [presets] if isinstance(presets, str) else list(presets)
+    sections = [sections] if isinstance(sections, str) else list(sections)
+    unknown = set(sections) - {"training", "inference"}
+    if unknown or not sections:
+        raise ValueError(f"`sections` must name 'training' and/or 'inference', got {sections}.")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     amp = dev.type == "cuda" if amp is None else bool(amp)
     infer_parser = bundle_parser("inference", presets, device=dev, amp=amp)
-    modalities, num_classes = len(infer_parser["modalities"]), infer_parser.get_parsed_content("num_classes")
-    size = int(image_size or infer_parser["roi_size"][0])
+    modalities, num_classes = infer_parser["modalities"], infer_parser.get_parsed_content("num_classes")
+    size = int(image_size or bundle_parser("train", presets)["roi_size"][0])
     if size % 32 or size < 64:
         raise ValueError(f"`image_size`={size} must be a multiple of 32 and >= 64 (SwinUNETR-2D downsamples by 32).")
-    batches = synthetic_batches(steps, batch_size, modalities, num_classes, size)
     rate = matmul_flops_per_s(dev, torch.bfloat16 if amp else torch.float32)
-
-    logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size, size, size)
-    training = {
-        "diffmed": time_training(build_diffmed_trainer(presets, batches, dev, amp), batch_size, repeats, warmup),
-        "swin_unetr_2d": time_training(build_peer_trainer(batches, dev, amp, num_classes), batch_size, repeats, warmup),
+    meta = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "presets": presets, "amp": amp,
+        "repeats": repeats, "warmup": warmup, "matmul_flops_per_s": rate,
     }
-    volume = torch.randn(1, modalities, *volume_shape, generator=torch.Generator().manual_seed(1)).to(dev)
-    slice_inferer = infer_parser.get_parsed_content("inferer")
-    segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
-    from monai.inferers import SlidingWindowInferer
+    result: dict = {"meta": meta, "ratios": {}}
 
-    logger.info("inference: one %s volume", list(volume_shape))
-    inference = {
-        "diffmed": time_inference(infer_parser.get_parsed_content("network"), slice_inferer, volume, amp, repeats, warmup),
-        "segresnet_3d": time_inference(
-            SegResNet(spatial_dims=3, in_channels=modalities, **SEGRESNET_BUNDLE).to(dev),
-            SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), volume, amp, repeats,
-            warmup,
-        ),
-        "swin_unetr_2d": time_inference(
-            SwinUNETR(in_channels=modalities, out_channels=num_classes, feature_size=48, spatial_dims=2).to(dev),
-            slice_inferer, volume, amp, repeats, warmup,
-        ),
-    }
-    for entry in training.values():
-        entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rate
-    for entry in inference.values():
-        entry["fraction_of_floor"] = entry["flops_per_volume"] / rate / entry["seconds_per_volume"]
-    result = {
-        "meta": {
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "presets": presets, "amp": amp,
-            "batch_size": batch_size, "steps": steps, "image_size": size, "volume_shape": list(volume_shape),
-            "segresnet_roi": segresnet_roi, "repeats": repeats, "warmup": warmup, "teacher_random_init": True,
-            "matmul_flops_per_s": rate,
-        },
-        "training": training,
-        "inference": inference,
-        "ratios": {
-            "train_slices_per_s_diffmed_over_swin_unetr_2d":
-                training["diffmed"]["slices_per_s"] / training["swin_unetr_2d"]["slices_per_s"],
+    if "training" in sections:
+        batches = synthetic_batches(steps, batch_size, len(modalities), num_classes, size)
+        logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size,
+                    size, size)
+        training = {
+            "diffmed": time_training(build_diffmed_trainer(presets, batches, dev, amp), batch_size, repeats, warmup),
+            "swin_unetr_2d": time_training(build_peer_trainer(batches, dev, amp, num_classes), batch_size, repeats,
+                                           warmup),
+        }
+        for entry in training.values():
+            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rate
+        meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True)
+        result["training"] = training
+        result["ratios"]["train_slices_per_s_diffmed_over_swin_unetr_2d"] = (
+            training["diffmed"]["slices_per_s"] / training["swin_unetr_2d"]["slices_per_s"])
+
+    if "inference" in sections:
+        segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
+        with tempfile.TemporaryDirectory() as folder:
+            files = brats_like_case(folder, volume_shape, modalities)
+            diffmed = diffmed_case_runner(infer_parser, files, amp)
+            image = infer_parser.get_parsed_content("preprocessing")({"image": files})["image"]
+            slices_run = int(infer_parser.get_parsed_content("inferer").occupied_slices(image[None]).numel())
+            runners = {
+                "diffmed": diffmed,
+                "segresnet_3d": monai_case_runner(
+                    SegResNet(spatial_dims=3, in_channels=len(modalities), **SEGRESNET_BUNDLE),
+                    SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), files,
+                    infer_parser["pixdim"], dev, amp, sigmoid=True),
+                "swin_unetr_2d": monai_case_runner(
+                    SwinUNETR(in_channels=len(modalities), out_channels=num_classes, feature_size=48, spatial_dims=2),
+                    SliceInferer(roi_size=(size, size), spatial_dim=2, progress=False, **SWIN_SLICE_WINDOW), files,
+                    infer_parser["pixdim"], dev, amp, sigmoid=False),
+            }
+            inference = {}
+            for name, run in runners.items():
+                logger.info("inference: %s on one %s case", name, list(volume_shape))
+                inference[name] = time_case(run, dev, repeats, warmup, inference_flops)
+        meta.update(volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
+                    diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
+                    max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
+        if inference_flops:
+            for entry in inference.values():
+                entry["fraction_of_floor"] = entry["flops_per_volume"] / rate / entry["seconds_per_volume"]
+        result["inference"] = inference
+        result["ratios"].update({
             "infer_s_per_volume_diffmed_over_segresnet_3d":
                 inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d"]["seconds_per_volume"],
             "infer_s_per_volume_diffmed_over_swin_unetr_2d":
                 inference["diffmed"]["seconds_per_volume"] / inference["swin_unetr_2d"]["seconds_per_volume"],
-        },
-    }
+        })
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
@@ -265,20 +383,28 @@ def format_report(result: dict) -> str:
     meta = result["meta"]
     lines = [
         f"Device: {meta['device']} ({meta['threads']} threads), torch {meta['torch']}, presets {meta['presets']}, "
-        f"amp {meta['amp']}; DINOv3 teacher RANDOMLY INITIALISED (speed only).",
-        "",
-        f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | slices/s | GFLOP/slice | "
-        "share of FLOP floor | peak memory (GB) |",
-        "|---|---|---|---|---|",
+        f"amp {meta['amp']}.",
     ]
-    for name, e in result["training"].items():
-        lines.append(f"| {name} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
-                     f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
-    lines += ["", f"| inference, volume {meta['volume_shape']} | s/volume | GFLOP/volume | share of FLOP floor | "
-              "peak memory (GB) |", "|---|---|---|---|---|"]
-    for name, e in result["inference"].items():
-        lines.append(f"| {name} | {e['seconds_per_volume']:.3g} | {e['flops_per_volume'] / 1e9:.3g} | "
-                     f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
+    if "training" in result:
+        lines += [
+            "", "DINOv3 teacher RANDOMLY INITIALISED (speed only).", "",
+            f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | slices/s | GFLOP/slice | "
+            "share of FLOP floor | peak memory (GB) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, e in result["training"].items():
+            lines.append(f"| {name} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
+                         f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
+    if "inference" in result:
+        flops = "flops_per_volume" in result["inference"]["diffmed"]
+        lines += ["", f"| inference, one {meta['volume_shape']} case, loading to label map | s/volume | peak memory (GB) |"
+                  + (" GFLOP/volume | share of FLOP floor |" if flops else ""),
+                  "|---|---|---|" + ("---|---|" if flops else "")]
+        for name, e in result["inference"].items():
+            lines.append(f"| {name} | {e['seconds_per_volume']:.3g} | {e['peak_mem_gb']:.2f} |" + (
+                f" {e['flops_per_volume'] / 1e9:.3g} | {e['fraction_of_floor']:.1%} |" if flops else ""))
+        lines += ["", f"DiffMedDINOv3's network input after cropping: {meta['diffmed_network_input']}, of which "
+                  f"{meta['diffmed_slices_run']} slices hold foreground and run."]
     lines += ["", *(f"{k}: {v:.3g}" for k, v in result["ratios"].items())]
     return "\n".join(lines)
 
@@ -289,7 +415,7 @@ def format_report(result: dict) -> str:
 BRATS_SHAPE = (240, 240, 155)
 
 
-def brats_like_case(seed: int, shape: Sequence[int] = BRATS_SHAPE) -> tuple[dict, Any]:
+def skull_stripped_phantom(seed: int, shape: Sequence[int] = BRATS_SHAPE) -> tuple[dict, Any]:
     """A BraTS-like case at 1 mm: :func:`~diffmed_monai.data.make_demo_case`'s head phantom, skull-stripped (every
     voxel outside the brain exactly 0, as in real BraTS). Returns ``({modality: (X, Y, Z) float32}, seg uint8)``."""
     import numpy as np
@@ -320,7 +446,7 @@ def write_brats_like_cases(root: Path, num_cases: int, distinct: int, shape: Seq
         if not all((folder / n).is_file() for n in names):
             folder.mkdir(parents=True, exist_ok=True)
             if i < distinct:
-                images, seg = brats_like_case(seed=i, shape=shape)
+                images, seg = skull_stripped_phantom(seed=i, shape=shape)
                 for m, n in zip(BRATS_MODALITIES, names):
                     nib.save(nib.Nifti1Image(images[m], affine), str(folder / n))
                 nib.save(nib.Nifti1Image(seg, affine), str(folder / names[-1]))
@@ -580,7 +706,7 @@ def run_data_benchmark(
     rss = {n: new[n]["memory_mb"]["peak_rss"] for n in num_cases}
     result = {
         "meta": {
-            "cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__, "presets": presets,
+            "cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__, "presets": presets,
             "shape": list(shape), "cases": n_max + 1, "distinct_phantoms": distinct, "workers": workers,
             "load_average_start": load_start, "load_average_end": os.getloadavg(), "make_cases_s": make_s,
             "roi_size": bundle_parser("train", presets)["roi_size"],
@@ -615,17 +741,6 @@ def run_data_benchmark(
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_data_report(result: dict) -> str:

@@ -44,8 +44,8 @@ def test_benchmark_trains_with_the_bundles_trainer_and_network():
 def test_benchmark_end_to_end_tiny(tmp_path):
     out = tmp_path / "sub" / "bench.json"
     result = benchmark.run_benchmark(
-        presets=["tiny"], device="cpu", batch_size=2, steps=1, image_size=64, volume_shape=(64, 64, 2), repeats=1,
-        warmup=0, output=str(out),
+        presets=["tiny"], device="cpu", batch_size=2, steps=1, image_size=64, volume_shape=(64, 64, 10), repeats=1,
+        warmup=0, inference_flops=True, output=str(out),
     )
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
@@ -55,7 +55,8 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     for section in ("training", "inference"):
         for name, entry in saved[section].items():
             for key, value in entry.items():
-                assert _positive_finite(value), (section, name, key)
+                ok = value >= 0 if key == "peak_mem_gb" else _positive_finite(value)
+                assert ok and math.isfinite(value), (section, name, key)
     assert all(_positive_finite(v) for v in saved["ratios"].values())
     assert "RANDOMLY INITIALISED" in benchmark.format_report(result)
 
@@ -79,3 +80,18 @@ def test_data_benchmark_end_to_end_tiny(tmp_path):
     assert saved["first_step_second_start"]["first_batch"][0] == 4
     assert _positive_finite(saved["summary"]["first_step_s"])
     assert "time to the first training step" in benchmark.format_data_report(result)
+
+
+def test_brats_like_case_is_zero_outside_an_ellipsoidal_brain(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    shape = (48, 60, 31)
+    files = benchmark.brats_like_case(str(tmp_path), shape, ["t1", "t2"])
+    volume = np.stack([np.asarray(nib.load(f).dataobj) for f in files])
+    assert volume.shape == (2, *shape)
+    brain = volume.any(0)
+    assert (volume[:, brain] > 0).all() and (volume[:, ~brain] == 0).all()
+    for axis, (n, semi) in enumerate(zip(shape, benchmark.BRAIN_SEMI_AXES)):
+        extent = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
+        assert abs(len(extent) - 2 * semi * n) <= 2 and abs(extent.mean() - (n - 1) / 2) <= 0.5  # centred

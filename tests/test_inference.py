@@ -70,27 +70,75 @@ def test_inference_writes_label_per_case_with_input_geometry(demo_cases, tmp_pat
             f"{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg"))
 
 
-def test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case(tmp_path):
-    """LPS-ordered, 2 x 2 x 3 mm case -> RAS 1 mm for the network -> back: every voxel returns to its place."""
+BRATS_REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "ncr": (1,), "ed": (2,)}
+
+
+def test_cropped_inference_agrees_with_uncropped_on_demo_phantoms(demo_cases, tmp_path):
+    """The bundle's inference with ``crop_foreground`` (crop to the head on the network's grid, empty slices skipped)
+    and without it, same tiny fixed-seed network, one demo phantom: every region agrees to Dice >= 0.995 on the
+    slices with foreground (the head; its in-plane crop is whole 16-px tiles, so a crop off the grid would fail).
+
+    The slices without foreground are background on the cropped path, without computing; the untrained network's
+    output there is arbitrary, so the comparison leaves them out and checks that they are background instead.
+    """
+    torch.manual_seed(0)
+    ckpt = tmp_path / "models" / "model.pt"
+    _tiny_checkpoint(ckpt)
+    case = sorted(os.listdir(demo_cases))[0]
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / case).symlink_to(demo_cases / case)
+    for crop in (True, False):
+        _run_inference(tmp_path / "cases", tmp_path / f"pred_{crop}", ckpt, crop_foreground=crop).finalize()
+    image = np.stack([np.asarray(nib.load(demo_cases / case / f"{case}_{m}.nii.gz").dataobj)
+                      for m in ("t1", "t1ce", "t2", "flair")])
+    occupied = image.any(axis=(0, 1, 2))
+    assert 0 < occupied.sum() < len(occupied)  # there are empty slices to skip
+    pred = {c: np.asarray(nib.load(tmp_path / f"pred_{c}" / f"{case}_seg.nii.gz").dataobj) for c in (True, False)}
+    assert not pred[True][..., ~occupied].any()
+    cropped, full = pred[True][..., occupied], pred[False][..., occupied]
+    for name, labels in BRATS_REGIONS.items():
+        x, y = np.isin(cropped, labels), np.isin(full, labels)
+        assert y.any(), name  # the network predicts this region somewhere: the comparison means something
+        assert 2.0 * (x & y).sum() / (x.sum() + y.sum()) >= 0.995, name
+
+
+@pytest.mark.parametrize("background", ["noise", "zero"])
+def test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case(tmp_path, background):
+    """LPS-ordered, 2 x 2 x 3 mm case -> RAS for the network -> back: every voxel returns to its place.
+
+    ``noise``: no zero voxel, nothing cropped or skipped, resampled to 1 mm. ``zero``: the image is zero outside a
+    box and on one slice inside it, so the volume is cropped in-plane and across slices, padded to the network's
+    stride, the empty slice skipped, and all of it inverted.
+    """
     rng = np.random.default_rng(0)
     shape = (20, 24, 10)
     labels = np.zeros(shape, np.uint8)
     labels[4:15, 5:18, 2:8] = 2
     labels[6:12, 8:14, 3:7] = 1
     labels[8:10, 9:12, 4:6] = 4
-    labels[0, 0, 0] = 4  # a corner voxel must survive too
+    image = rng.normal(size=shape).astype(np.float32)
+    if background == "noise":
+        labels[0, 0, 0] = 4  # a corner voxel must survive too
+        pixdim = [1.0, 1.0, 1.0]
+    else:
+        inside = np.zeros(shape, bool)
+        inside[3:17, 4:21, 1:9] = True
+        inside[..., 6] = False  # an empty slice between foreground slices
+        labels[~inside] = 0
+        image[~inside] = 0.0
+        pixdim = [2.0, 2.0, 3.0]  # no resampling: the empty slice stays exactly zero
     affine = np.array([[-2.0, 0, 0, 90], [0, -2.0, 0, 120], [0, 0, 3.0, -20], [0, 0, 0, 1]])
     case = tmp_path / "cases" / "case_001"
     case.mkdir(parents=True)
     class_index = np.searchsorted([0, 1, 2, 4], labels).astype(np.float32)
-    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), case / "case_001_t1.nii.gz")
+    nib.save(nib.Nifti1Image(image, affine), case / "case_001_t1.nii.gz")
     nib.save(nib.Nifti1Image(class_index, affine), case / "case_001_seg.nii.gz")  # the oracle reads this channel
     ckpt = tmp_path / "models" / "model.pt"
     os.makedirs(ckpt.parent)
     torch.save({}, ckpt)
     oracle = {"_target_": "tests.helpers.OracleNet", "num_classes": 4}
     _run_inference(tmp_path / "cases", tmp_path / "pred", ckpt, modalities=["t1", "seg"], network_def=oracle,
-                   intensity_transforms=[], pixdim=[1.0, 1.0, 1.0], roi_size=[48, 48])
+                   intensity_transforms=[], pixdim=pixdim)
     out = nib.load(tmp_path / "pred" / "case_001_seg.nii.gz")
     assert np.array_equal(out.affine, affine)
     assert np.array_equal(np.asarray(out.dataobj), labels)
