@@ -18,8 +18,7 @@ Everything DiffMedDINOv3 runs is built from the bundle configs, not from a copy:
   MONAI ``SegResNet`` with the ``brats_mri_segmentation`` bundle's network, preprocessing and sliding window, and
   ``SwinUNETR``-2D through MONAI's ``SliceInferer`` at the training slice size, on the same files in the same run.
 
-Timing uses ``torch.utils.benchmark.Timer`` (median over repeats, after a warm-up; on CUDA the timer
-synchronises). Beside each training figure stands its arithmetic floor: FLOPs counted with
+Timing is wall time (median over repeats, after a warm-up; CUDA synchronised at both ends of each run). Beside each training figure stands its arithmetic floor: FLOPs counted with
 ``torch.utils.flop_counter.FlopCounterMode`` divided by the matmul rate measured in the same process (for inference
 too with ``--inference_flops True``, which costs one more pass of each model). Results go to a JSON file and a table
 on stdout; see ``docs/benchmarks.md``.
@@ -108,11 +107,20 @@ def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_class
 
 
 def median_seconds(fn, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (``torch.utils.benchmark.Timer``)."""
-    timer = Timer(stmt="fn()", globals={"fn": fn})
-    if warmup:
-        timer.timeit(warmup)
-    return statistics.median(timer.timeit(1).mean for _ in range(repeats))
+    """Median wall time of ``fn()`` over ``repeats`` runs after exactly ``warmup`` untimed runs; CUDA is synchronised
+    at both ends of each run. (``torch.utils.benchmark.Timer.timeit`` would add two untimed runs of its own and
+    default to one thread.)"""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def count_flops(fn) -> int:
@@ -124,7 +132,8 @@ def count_flops(fn) -> int:
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
     n = 4096 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / Timer(stmt="a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=1.0).median
+    timer = Timer(stmt="a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    return 2 * n**3 / timer.blocked_autorange(min_run_time=1.0).median
 
 
 class PeakMemory:
@@ -281,6 +290,7 @@ def run_benchmark(
     amp: bool | None = None,
     sections: Sequence[str] = ("training", "inference"),
     inference_flops: bool = False,
+    threads: int | None = None,
     output: str | None = "benchmark.json",
 ) -> dict:
     """Time training and inference of DiffMedDINOv3 (from the bundle configs) and the MONAI peers; return the dict.
@@ -296,11 +306,14 @@ def run_benchmark(
             evaluators and the bundle do.
         sections: ``"training"`` and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
+        threads: CPU threads of PyTorch (default: its own choice, one per core).
         output: JSON path (``None``: do not write).
     """
     from monai.inferers import SliceInferer, SlidingWindowInferer
     from monai.networks.nets import SegResNet, SwinUNETR
 
+    if threads:
+        torch.set_num_threads(int(threads))
     presets = [presets] if isinstance(presets, str) else list(presets)
     sections = [sections] if isinstance(sections, str) else list(sections)
     unknown = set(sections) - {"training", "inference"}
@@ -355,27 +368,31 @@ def run_benchmark(
                     SliceInferer(roi_size=(size, size), spatial_dim=2, progress=False, **SWIN_SLICE_WINDOW), files,
                     infer_parser["pixdim"], dev, amp, sigmoid=False),
             }
-            inference = {}
+            meta.update(volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
+                        diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
+                        max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
+            inference = result["inference"] = {}
             for name, run in runners.items():
                 logger.info("inference: %s on one %s case", name, list(volume_shape))
                 inference[name] = time_case(run, dev, repeats, warmup, inference_flops)
-        meta.update(volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
-                    diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
-                    max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
+                _save(result, output)  # what is measured survives an interrupted run
         if inference_flops:
             for entry in inference.values():
                 entry["fraction_of_floor"] = entry["flops_per_volume"] / rate / entry["seconds_per_volume"]
-        result["inference"] = inference
         result["ratios"].update({
             "infer_s_per_volume_diffmed_over_segresnet_3d":
                 inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d"]["seconds_per_volume"],
             "infer_s_per_volume_diffmed_over_swin_unetr_2d":
                 inference["diffmed"]["seconds_per_volume"] / inference["swin_unetr_2d"]["seconds_per_volume"],
         })
+    _save(result, output)
+    return result
+
+
+def _save(result: dict, output: str | None) -> None:
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def format_report(result: dict) -> str:
