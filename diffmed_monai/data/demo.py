@@ -88,6 +88,7 @@ def make_demo_case(
     seed: int = 0,
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
     return_tissue: bool = False,
+    rim_mm: Sequence[float] | None = None,
 ):
     """One synthetic head with a tumour.
 
@@ -96,6 +97,9 @@ def make_demo_case(
         seed: random seed; the same seed gives bit-identical output.
         spacing: voxel size in mm (sets the physical tumour size relative to the head).
         return_tissue: also return the ``(X, Y, Z)`` uint8 tissue map (indices into :data:`DEMO_TISSUES`).
+        rim_mm: ``(min, max)`` thickness in mm of the enhancing rim around the necrotic core, drawn per case
+            (e.g. ``(2, 5)``: thin rims as in real glioblastomas); default: a core-relative rim (about 10 mm at 1 mm
+            spacing).
 
     Returns:
         ``(images, seg)`` or ``(images, seg, tissue)``: ``images`` maps each of :data:`DEMO_MODALITIES` to an
@@ -141,7 +145,13 @@ def make_demo_case(
     ) * semi * 0.85
     r_oedema = brain_semi_mm * rng.uniform(0.50, 0.70)
     r_core = r_oedema * rng.uniform(0.55, 0.68)
-    r_necrosis = r_core * rng.uniform(0.48, 0.62)
+    if rim_mm is None:
+        r_necrosis = r_core * rng.uniform(0.48, 0.62)
+    else:
+        low, high = (float(v) for v in rim_mm)
+        if not 0 < low <= high < r_core:
+            raise ValueError(f"rim_mm must be (min, max) with 0 < min <= max < {r_core:.1f} mm, got {rim_mm}.")
+        r_necrosis = r_core - rng.uniform(low, high)
     dist = np.sqrt(
         ((x - centre[0]) * half_mm[0]) ** 2 + ((y - centre[1]) * half_mm[1]) ** 2 + ((z - centre[2]) * half_mm[2]) ** 2
     )
@@ -178,6 +188,7 @@ def make_demo_dataset(
     seed: int = 0,
     overwrite: bool = False,
     layout: str = "brats2021",
+    rim_mm: Sequence[float] | None = None,
 ) -> list[str]:
     """Write ``num_cases`` synthetic cases in a BraTS layout and return their folders.
 
@@ -186,7 +197,7 @@ def make_demo_dataset(
     seg labels {0, 1 NETC, 2 SNFH, 3 ET}. Images float32 ``(X, Y, Z) = shape``, seg uint8. The affine is :func:`demo_affine`:
     ``diag(-sx, -sy, sz)``, LPS voxel order as in BraTS files. Case ``i`` uses seed ``seed * 1000 + i``, so the
     output is deterministic. An existing case folder is a ``ValueError`` unless ``overwrite=True`` (then it is
-    replaced).
+    replaced). ``rim_mm``: enhancing-rim thickness range, see :func:`make_demo_case`.
     """
     if int(num_cases) < 1:
         raise ValueError(f"num_cases must be >= 1, got {num_cases}.")
@@ -209,7 +220,7 @@ def make_demo_dataset(
         if os.path.exists(folder):
             shutil.rmtree(folder) if os.path.isdir(folder) else os.remove(folder)
         os.makedirs(folder)
-        images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing)
+        images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing, rim_mm=rim_mm)
         seg = np.asarray(labels, np.uint8)[np.searchsorted(DEMO_LABELS, seg)]
         for modality, name in zip(DEMO_MODALITIES, names):
             nib.save(nib.Nifti1Image(images[modality], affine), os.path.join(folder, f"{case_id}{sep}{name}.nii.gz"))
