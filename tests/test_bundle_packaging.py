@@ -150,6 +150,17 @@ def test_metadata_versions_are_exact_and_allowed_by_setup_cfg():
     assert meta["version"] in meta["changelog"]
 
 
+def test_bundle_readme_installs_the_metadata_pins():
+    """The bundle README's install commands name exactly the pins the Model Zoo CI installs."""
+    import re
+
+    readme = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    named = set()
+    for line in re.findall(r"^pip install (.+)$", readme, flags=re.M):
+        named.update(tok for tok in line.split() if "==" in tok)
+    assert named == set(metadata_requirements(_meta())) | {"torchvision==0.29.1"}
+
+
 def test_metadata_pins_have_wheels_for_the_zoo_ci_python():
     """Every pin the Model Zoo CI installs resolves to a wheel for its Python (3.10) on PyPI (pip, metadata only)."""
     if reason := index_unreachable():
