@@ -1,14 +1,21 @@
-"""Pack the bundle for the MONAI Model Zoo and check it the way the Model Zoo's CI does, offline.
+"""Pack the bundle for the MONAI Model Zoo, self-contained, and the checks the Model Zoo runs besides its CI scripts.
 
-Two entry points (command lines in ``scripts/pack_bundle.py`` and ``scripts/check_bundle.py``):
+Command lines: ``scripts/pack_bundle.py``, ``scripts/check_bundle.py`` and ``scripts/zoo_verify.py`` (the Model Zoo's
+own ``ci/verify_bundle.py`` and the bundle's unit test, run on a packed zip in a Model Zoo checkout).
 
 * :func:`pack_bundle` writes ``<output_dir>/<name>_v<version>.zip`` with a single top folder ``<name>/`` holding
-  ``configs/``, ``docs/``, ``scripts/`` (if any), ``LICENSE``, ``large_files.yml`` and, optionally, the weights
-  ``models/model.pt`` / ``models/model.ts``: the layout ``monai.bundle download`` and ``monai.bundle load`` expect.
-* :func:`check_bundle` runs the Model Zoo checks (``ci/verify_bundle.py``: necessary and preferred files, version in
-  the changelog, metadata against its JSON schema, network input/output shapes, TorchScript export) plus the ones
-  its pre-commit hooks and unit tests run (4-space JSON, ``logging.conf`` accepted by MONAI's safe loader, train and
-  inference workflow properties) and prints a PASS / WARN / FAIL / SKIP table.
+  ``configs/`` (presets included), ``docs/``, ``scripts/``, ``LICENSE``, ``large_files.yml`` and, optionally,
+  ``models/model.pt``. The runtime code the configs need is copied from the ``diffmed_monai`` package into
+  ``scripts/`` at pack time (the repository keeps one source) and every ``diffmed_monai`` reference is renamed to
+  ``scripts``, so the zip needs only packages from the package index; the copy is formatted and checked with the
+  Model Zoo's isort, black and flake8 settings (``resources/zoo_style``). ``weights`` puts a trained checkpoint
+  into ``models/model.pt`` and records its SHA-256 in ``large_files.yml``.
+* :func:`check_bundle` runs what the Model Zoo checks outside ``ci/verify_bundle.py``: its pre-commit JSON format,
+  ``logging.conf`` through MONAI's safe loader, ``large_files.yml`` and file sizes, the code format of
+  ``scripts/``, that a packed bundle's configs need no ``diffmed_monai``, and (``resolve=True``, network) that the
+  metadata pins have wheels for the Model Zoo CI's Python.
+* :func:`metadata_requirements` and :func:`resolve_pins`: the pins the Model Zoo CI installs
+  (``ci/get_bundle_requirements.py``) and their resolution with pip for another Python version.
 
 The metadata schema is read from the copy kept in ``scripts/resources`` (MONAI's ``verify_metadata``
 would otherwise download it): ``download_url`` skips the download when the target file exists, after checking
@@ -23,8 +30,12 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import urllib.request
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,19 +47,38 @@ __all__ = [
     "CheckResult",
     "MAX_FILE_MB",
     "SCHEMA_SHA256",
+    "ZOO_CI_PYTHON",
     "check_bundle",
     "check_json_format",
     "check_logging_conf",
+    "copy_runtime_code",
+    "index_unreachable",
     "local_schema_path",
+    "metadata_requirements",
     "pack_bundle",
     "read_large_files",
+    "read_weights",
+    "resolve_pins",
     "verify_metadata_offline",
+    "zoo_code_format",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the meta-schemas kept beside this script.
+#: Folder of the meta-schemas (and the Model Zoo's code-format settings) kept beside this script.
 RESOURCES = Path(__file__).resolve().parent / "resources"
+#: The Model Zoo's ``setup.cfg`` (flake8, isort) and ``pyproject.toml`` (black), copied verbatim (see its README).
+ZOO_STYLE = RESOURCES / "zoo_style"
+#: The package whose modules become the bundle's ``scripts/`` when packed, and what of it the bundle does not need.
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "diffmed_monai"
+PACKAGE_NAME = "diffmed_monai"
+PACKAGE_LEFT_OUT = ("cli.py",)
+#: Import name of the bundle's own code (Model Zoo convention: ``"_target_": "scripts...."``).
+BUNDLE_CODE = "scripts"
+#: Python of the Model Zoo CI (``python-version: 3.10.14`` in its premerge-cpu and code-format workflows).
+ZOO_CI_PYTHON = "3.10"
+#: Index the pins are resolved against.
+PIN_INDEX_URL = "https://pypi.org/simple"
 
 #: SHA-256 of each shipped schema, checked before it is used (a modified copy is refused).
 SCHEMA_SHA256 = {
@@ -59,13 +89,10 @@ SCHEMA_SHA256 = {
 MAX_FILE_MB = 25.0
 
 NECESSARY_FILES = ("configs/metadata.json", "LICENSE")
-PREFERRED_FILES = ("configs/inference.json", "models/model.pt")
 WEIGHT_FILES = ("models/model.pt", "models/model.ts")
 LARGE_FILES_NAMES = ("large_files.yml", "large_files.yaml", "large_files.json")
 #: Bundle folders copied whole into the zip (generated folders such as ``eval/`` or ``models/`` are not).
 PACKED_FOLDERS = ("configs", "docs", "scripts")
-#: Distribution names whose import name differs (used only to read the installed version).
-_DIST_ALIASES = {"pytorch": "torch"}
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -82,13 +109,6 @@ def _sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _installed_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(_DIST_ALIASES.get(dist, dist))
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _error_text(err: BaseException, limit: int = 400) -> str:
@@ -234,6 +254,211 @@ def read_large_files(bundle_dir: str | os.PathLike) -> tuple[Path | None, list[d
     return path, [dict(e) for e in entries]
 
 
+# ------------------------------------------------------------------------------------------------------- pins
+
+
+def metadata_requirements(meta: Mapping) -> list[str]:
+    """``name==version`` lines the Model Zoo CI installs for ``meta`` (``ci/get_bundle_requirements.py``: monai,
+    torch, numpy, then the optional and the required packages)."""
+    reqs = []
+    for key, dist in (("monai_version", "monai"), ("pytorch_version", "torch"), ("numpy_version", "numpy")):
+        if meta.get(key):
+            reqs.append(f"{dist}=={meta[key]}")
+    for key in ("optional_packages_version", "required_packages_version"):
+        reqs += [f"{name}=={version}" for name, version in (meta.get(key) or {}).items()]
+    return reqs
+
+
+def _pip_env() -> dict[str, str]:
+    """This environment without pip's configuration (local indexes, find-links, constraints): PyPI only."""
+    keep = {"PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_DISABLE_PIP_VERSION_CHECK"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in keep}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def index_unreachable(index_url: str = PIN_INDEX_URL, timeout: float = 15.0) -> str | None:
+    """``None`` if the package index answers, else why not."""
+    try:
+        with urllib.request.urlopen(f"{index_url.rstrip('/')}/pip/", timeout=timeout) as response:
+            response.read(1)
+    except Exception as err:  # no network, DNS, proxy, TLS
+        return f"{index_url} is unreachable ({_error_text(err, 200)})"
+    return None
+
+
+def _pip_resolve(requirements: Sequence[str], python_version: str, index_url: str, workdir: str) -> tuple[int, str]:
+    report = os.path.join(workdir, "report.json")
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
+           "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+           "--target", os.path.join(workdir, "target"), "--index-url", index_url, "--report", report, "--quiet",
+           *requirements]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env(), timeout=600)
+    return proc.returncode, proc.stderr + proc.stdout
+
+
+def resolve_pins(
+    requirements: Sequence[str], python_version: str = ZOO_CI_PYTHON, index_url: str = PIN_INDEX_URL
+) -> dict[str, str]:
+    """Resolve each exact pin to a wheel for CPython ``python_version`` on ``index_url``; return {pin: wheel}.
+
+    pip runs as ``pip install --dry-run --no-deps --only-binary=:all: --python-version ...`` (what
+    ``pip download`` would fetch, reading only the wheels' metadata) without this machine's pip configuration.
+
+    Raises:
+        ValueError: the pins that have no wheel for that Python, each with pip's message.
+    """
+    with tempfile.TemporaryDirectory(prefix="pins_") as tmp:
+        code, out = _pip_resolve(requirements, python_version, index_url, tmp)
+        if code == 0:
+            with open(os.path.join(tmp, "report.json"), encoding="utf-8") as f:
+                report = json.load(f)
+            wheels = {}
+            for item in report["install"]:
+                name = item["metadata"]["name"].lower().replace("_", "-")
+                wheels[name] = item["download_info"]["url"].rsplit("/", 1)[-1]
+            return {req: wheels.get(req.split("==")[0].lower().replace("_", "-"), "?") for req in requirements}
+        failed = []
+        for req in requirements:  # one at a time, to name every pin that fails
+            code, out = _pip_resolve([req], python_version, index_url, tmp)
+            if code != 0:
+                lines = [ln.strip() for ln in out.splitlines() if ln.startswith("ERROR")]
+                failed.append(f"{req}: {lines[0] if lines else out.strip()[-300:]}")
+        if not failed:  # each pin alone resolves: they conflict with each other
+            code, out = _pip_resolve(requirements, python_version, index_url, tmp)
+            failed.append(f"together: {out.strip()[-500:]}")
+    raise ValueError(f"no wheel for Python {python_version} on {index_url}: " + "; ".join(failed))
+
+
+# ------------------------------------------------------------------------------------------- bundle code copy
+
+
+def rewrite_package_references(text: str) -> str:
+    """``text`` with every ``diffmed_monai`` (module path or import) renamed to the bundle's ``scripts``."""
+    return re.sub(rf"\b{PACKAGE_NAME}\b", BUNDLE_CODE, text)
+
+
+def copy_runtime_code(dest: str | os.PathLike, package_dir: str | os.PathLike = PACKAGE_DIR) -> list[Path]:
+    """Copy the package's modules (all but the command line) into ``dest``, the bundle's ``scripts/``.
+
+    Each module keeps its place in the package (``networks/diffmed.py`` -> ``scripts/networks/diffmed.py``) and
+    every ``diffmed_monai`` reference is renamed to ``scripts``. An existing file is never replaced. Returns the
+    written files.
+    """
+    src, out = Path(package_dir), Path(dest)
+    written = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src)
+        if "__pycache__" in rel.parts or rel.as_posix() in PACKAGE_LEFT_OUT or rel.parts[0] == "bundle":
+            continue
+        target = out / rel
+        if target.exists():
+            raise FileExistsError(f"{target} exists: the bundle's own scripts/ and the package's modules overlap.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rewrite_package_references(path.read_text(encoding="utf-8")), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+#: (module run with ``python -m``, import name) of each code-format tool and flake8 plugin of the Model Zoo.
+_FORMAT_TOOLS = (("isort", "isort"), ("black", "black"), ("flake8", "flake8"), ("flake8-bugbear", "bugbear"),
+                 ("flake8-comprehensions", "flake8_comprehensions"), ("pep8-naming", "pep8ext_naming"))
+
+
+def zoo_code_format(
+    files: Sequence[str | os.PathLike], fix: bool = True, style_dir: str | os.PathLike = ZOO_STYLE
+) -> str:
+    """Format ``files`` with isort and black (``fix``), then check them with isort, black and flake8.
+
+    The settings are the Model Zoo's (``setup.cfg``: flake8 and isort; ``pyproject.toml``: black, in
+    ``style_dir``) and the flags of its ``runtests.sh --codeformat`` (``black --skip-magic-trailing-comma``,
+    ``flake8 --count --statistics``). Files are passed by name, so no exclude pattern can skip them. Returns the
+    tools' output.
+
+    Raises:
+        RuntimeError: a tool or flake8 plugin is not installed (``pip install -e ".[dev]"``).
+        ValueError: a check failed; the message holds the tools' output.
+    """
+    import importlib.util
+
+    missing = [dist for dist, module in _FORMAT_TOOLS if importlib.util.find_spec(module) is None]
+    if missing:
+        raise RuntimeError(f"The Model Zoo's code-format tools are missing: {', '.join(missing)} "
+                           "(pip install -e \".[dev]\").")
+    style = Path(style_dir)
+    names = [os.fspath(f) for f in files]
+    isort = [sys.executable, "-m", "isort", "--settings-path", str(style / "setup.cfg")]
+    black = [sys.executable, "-m", "black", "--config", str(style / "pyproject.toml"), "--skip-magic-trailing-comma"]
+    runs = []
+    if fix:
+        runs += [isort + names, black + ["-q"] + names]
+    checks = [isort + ["--check"] + names, black + ["--check"] + names,
+              [sys.executable, "-m", "flake8", "--config", str(style / "setup.cfg"), "--count", "--statistics"]
+              + names]
+    for cmd in runs:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise ValueError(f"{cmd[2]} could not format the code:\n{proc.stdout}{proc.stderr}")
+    out, failed = [], []
+    for cmd in checks:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        out.append(f"$ {cmd[2]} ({proc.returncode})\n{proc.stdout}{proc.stderr}".rstrip())
+        if proc.returncode != 0:
+            failed.append(cmd[2])
+    text = "\n".join(out)
+    if failed:
+        raise ValueError(f"Model Zoo code format: {', '.join(failed)} failed on {len(names)} files:\n{text}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """The network's state dict in ``path``: ``models/model.pt`` as training writes it (a bare state dict) or a
+    training checkpoint ``{"model": state_dict, ...}``; read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        ValueError: the file holds no state dict of tensors.
+    """
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable weights file: {_error_text(err, 200)}") from err
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, Mapping) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path} holds no network state dict (a dict of tensors, or a checkpoint with `model`).")
+    return dict(ckpt)
+
+
+def _check_weights(state: Mapping, config_files: Sequence[str], net_id: str = "network_def") -> None:
+    """Raise ``ValueError`` unless ``state`` loads strictly into ``net_id`` built from ``config_files``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(config_files))
+    net = parser.get_parsed_content(net_id)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        names = ", ".join(Path(f).name for f in config_files)
+        raise ValueError(f"The weights do not fit `{net_id}` of {names} (pass the presets they were trained with): "
+                         f"{_error_text(err, 600)}") from err
+
+
+def _large_files_text(entries: Sequence[Mapping]) -> str:
+    import yaml
+
+    header = ("# Download links for the bundle's large files, in the MONAI Model Zoo format (written by\n"
+              "# scripts/pack_bundle.py). Fetch them with\n"
+              "#   python -m monai.bundle download_large_files --bundle_path <this bundle folder>\n")
+    body = yaml.safe_dump({"large_files": [dict(e) for e in entries]}, sort_keys=False, default_flow_style=False)
+    return header + body
+
+
 # --------------------------------------------------------------------------------------------------- packing
 
 
@@ -262,13 +487,18 @@ def pack_bundle(
     name: str = "diffmed_dinov3_brats_segmentation",
     include_weights: bool = True,
     max_file_mb: float = MAX_FILE_MB,
+    weights: str | None = None,
+    weights_url: str | None = None,
+    presets: str | Sequence[str] = (),
+    self_contained: bool = True,
+    code_format: bool = True,
 ) -> str:
-    """Zip the bundle as the MONAI Model Zoo lays it out; return the zip path.
+    """Zip the bundle as the MONAI Model Zoo lays it out, with its runtime code; return the zip path.
 
     The archive ``<output_dir>/<name>_v<version>.zip`` (version from ``configs/metadata.json``) holds one top
-    folder ``<name>/`` with ``configs/``, ``docs/``, ``scripts/`` (if present), ``LICENSE``, ``large_files.yml``
-    and, when ``include_weights``, ``models/model.pt`` and ``models/model.ts`` if they exist. Anything else in the
-    bundle folder (training checkpoints, ``eval/``, predictions) is left out and listed.
+    folder ``<name>/`` with ``configs/`` (presets included), ``docs/``, ``scripts/``, ``LICENSE``,
+    ``large_files.yml`` and, when ``include_weights``, ``models/model.pt`` / ``models/model.ts`` if present.
+    Anything else in the bundle folder (training checkpoints, ``eval/``, the store, predictions) is left out.
 
     Args:
         bundle_dir: the bundle folder.
@@ -276,10 +506,21 @@ def pack_bundle(
         name: bundle name: the zip's top folder and the name ``monai.bundle load(name=...)`` finds it under.
         include_weights: pack ``models/model.pt`` / ``models/model.ts`` when present.
         max_file_mb: largest file allowed (Model Zoo: 25 MB) unless its path is listed in ``large_files.yml``.
+        weights: a trained ``model.pt`` (or a training checkpoint with ``model``) to pack as ``models/model.pt``
+            (a bare state dict, what the Model Zoo's checks load); it must fit ``network_def`` of
+            ``inference.json`` with ``presets``. Its SHA-256 goes into the ``models/model.pt`` entry of
+            ``large_files.yml`` (created with ``weights_url``, the address it will be hosted at).
+        weights_url: https address of the hosted ``model.pt`` (needs ``weights``).
+        presets: the presets ``weights`` were trained with (names in ``configs/presets`` or paths).
+        self_contained: copy the ``diffmed_monai`` modules into ``scripts/`` and rename the configs' references, so
+            the zip needs no ``diffmed-monai`` package.
+        code_format: format the copied code with the Model Zoo's isort and black settings and check it with
+            flake8 (the Model Zoo's code-format job); a failure stops the packing.
 
     Raises:
-        FileNotFoundError: the bundle lacks ``configs/metadata.json`` or ``LICENSE``.
-        ValueError: a file is larger than ``max_file_mb`` and not listed in ``large_files.yml``, or a bad name.
+        FileNotFoundError: the bundle lacks ``configs/metadata.json`` or ``LICENSE``, or a preset is missing.
+        ValueError: a file is larger than ``max_file_mb`` and not listed in ``large_files.yml``, a bad name,
+            weights that do not fit the network, or copied code that fails the Model Zoo's flake8.
     """
     bundle = Path(bundle_dir)
     missing = [f for f in NECESSARY_FILES if not (bundle / f).is_file()]
@@ -290,42 +531,97 @@ def pack_bundle(
     version = str(_read_json(bundle / "configs" / "metadata.json").get("version", "")).strip()
     if not version:
         raise ValueError(f"{bundle}/configs/metadata.json has no `version`.")
+    if weights_url is not None and (weights is None or not str(weights_url).startswith("https://")):
+        raise ValueError("`weights_url` needs `weights` and must be an https address.")
     _, large_entries = read_large_files(bundle)
-    listed = {Path(str(e["path"])).as_posix().lstrip("./") for e in large_entries}
 
-    files, skipped = _bundle_files(bundle, include_weights)
-    limit = int(max_file_mb * 2**20)
-    too_big = [(rel, (bundle / rel).stat().st_size) for rel in files if (bundle / rel).stat().st_size > limit]
-    refused = [(rel, size) for rel, size in too_big if rel not in listed]
-    if refused:
-        details = ", ".join(f"{rel} ({_mb(size)})" for rel, size in refused)
-        raise ValueError(
-            f"Files over {max_file_mb:g} MB that large_files.yml does not list: {details}. Host them and list them "
-            "in large_files.yml (path, url, hash), or pack without them (include_weights=False for the weights)."
-        )
+    files, skipped = _bundle_files(bundle, include_weights and weights is None)
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="diffmed_pack_") as tmp:
+        stage = Path(tmp) / name
+        for rel in files:
+            target = stage / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self_contained and rel.startswith("configs/") and rel.endswith(".json"):
+                text = (bundle / rel).read_text(encoding="utf-8")
+                target.write_text(rewrite_package_references(text), encoding="utf-8")
+            else:
+                shutil.copyfile(bundle / rel, target)
+        if self_contained:
+            code = copy_runtime_code(stage / BUNDLE_CODE)
+            files += [p.relative_to(stage).as_posix() for p in code]
+            notes.append(f"runtime code: {len(code)} modules of {PACKAGE_NAME} in {BUNDLE_CODE}/")
+            if code_format:
+                zoo_code_format(sorted(p for p in (stage / BUNDLE_CODE).rglob("*.py")))
+                notes.append("scripts/ formatted and checked with the Model Zoo's isort, black and flake8 settings")
 
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    zip_path = out_dir / f"{name}_v{version}.zip"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip.tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for rel in files:
-                info = zipfile.ZipInfo(f"{name}/{rel}", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                with open(bundle / rel, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, zip_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if weights is not None:
+            state = read_weights(weights)
+            preset_files = [str(Path(p) if str(p).endswith(".json") else bundle / "configs" / "presets" / f"{p}.json")
+                            for p in ([presets] if isinstance(presets, str) else list(presets))]
+            for f in preset_files:
+                if not Path(f).is_file():
+                    raise FileNotFoundError(f"Preset {f} does not exist.")
+            _check_weights(state, [str(bundle / "configs" / "inference.json")] + preset_files)
+            import torch
+
+            (stage / "models").mkdir(parents=True, exist_ok=True)
+            torch.save(state, stage / "models" / "model.pt")
+            files = [f for f in files if f not in WEIGHT_FILES] + ["models/model.pt"]
+            digest = _sha256(stage / "models" / "model.pt")
+            entry = next((e for e in large_entries if Path(str(e["path"])).as_posix() == "models/model.pt"), None)
+            if weights_url is not None:
+                large_entries = [e for e in large_entries if e is not entry]
+                entry = {"path": "models/model.pt", "url": str(weights_url)}
+                large_entries.insert(0, entry)
+            if entry is not None:
+                entry.update(hash_val=digest, hash_type="sha256")
+                (stage / "large_files.yml").write_text(_large_files_text(large_entries), encoding="utf-8")
+                for other in LARGE_FILES_NAMES[1:]:
+                    if other in files:
+                        (stage / other).unlink()
+                        files.remove(other)
+                if "large_files.yml" not in files:
+                    files.append("large_files.yml")
+            notes.append(f"models/model.pt from {weights} (sha256 {digest})"
+                         + ("; large_files.yml lists it" if entry is not None else ""))
+
+        listed = {Path(str(e["path"])).as_posix().lstrip("./") for e in large_entries}
+        limit = int(max_file_mb * 2**20)
+        sizes = {rel: (stage / rel).stat().st_size for rel in files}
+        refused = [(rel, size) for rel, size in sizes.items() if size > limit and rel not in listed]
+        if refused:
+            details = ", ".join(f"{rel} ({_mb(size)})" for rel, size in refused)
+            raise ValueError(
+                f"Files over {max_file_mb:g} MB that large_files.yml does not list: {details}. Host them and list "
+                "them in large_files.yml (`weights_url` does it for the weights), or pack without them "
+                "(include_weights=False for the weights)."
+            )
+
+        out_dir = Path(output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        zip_path = out_dir / f"{name}_v{version}.zip"
+        fd, tmp_zip = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip.tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for rel in sorted(files):
+                    info = zipfile.ZipInfo(f"{name}/{rel}", date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = 0o644 << 16
+                    with open(stage / rel, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp_zip, zip_path)
+        finally:
+            if os.path.exists(tmp_zip):
+                os.remove(tmp_zip)
 
     if skipped:
         print(f"left out of the zip: {', '.join(skipped)}")
-    if include_weights and not any(rel in WEIGHT_FILES for rel in files):
-        print("no models/model.pt or models/model.ts in the bundle: the zip holds no weights")
+    for note in notes:
+        print(note)
+    if not any(rel in WEIGHT_FILES for rel in files):
+        print("no models/model.pt in the zip (pack_bundle --weights path/to/model.pt puts one in)")
     print(f"{zip_path} ({_mb(zip_path.stat().st_size)}, {len(files)} files)")
     return str(zip_path)
 
@@ -393,221 +689,51 @@ class _Check(contextlib.AbstractContextManager):
         return True
 
 
-def _make_demo_dataset(root: str, num_cases: int = 3) -> str:
-    """Synthetic BraTS-layout cases plus ``datalist.json`` (training/validation/testing) in ``root``."""
-    from diffmed_monai.data import make_demo_dataset, scan_brats, split_cases, write_datalist
-
-    make_demo_dataset(root, num_cases=num_cases, seed=0)
-    cases, _ = scan_brats(root)
-    train, val = split_cases(cases, val_fraction=0.34, seed=0)
-    write_datalist(os.path.join(root, "datalist.json"), train, val, test=val)
-    return root
-
-
-def _config_keys(config_files: Sequence[str]) -> set[str]:
-    keys: set[str] = set()
-    for f in config_files:
-        content = _read_json(f)
-        if isinstance(content, Mapping):
-            keys.update(str(k) for k in content)
-    return keys
-
-
-def _checkpoint_key(ckpt_file: str) -> str | None:
-    """``"model"`` for a ``{"model": state_dict, ...}`` checkpoint, ``None`` for a bare state dict."""
-    import torch
-
-    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    return "model" if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping) else None
-
-
-def _random_checkpoint(config_files: Sequence[str], meta_file: str, overrides: Mapping, path: str, net_id: str) -> None:
-    import torch
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(list(config_files))
-    parser.read_meta(meta_file)
-    parser.update(dict(overrides))
-    net = parser.get_parsed_content(net_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": net.state_dict()}, path)
-
-
-def _check_workflow(
-    report: BundleCheckReport,
-    name: str,
-    workflow_type: str,
-    config_files: Sequence[str],
-    meta_file: str,
-    logging_file: str | bool,
-    overrides: Mapping[str, Any],
-) -> None:
-    from monai.bundle import ConfigWorkflow
-
-    with _Check(report, name) as c:
-        wf = ConfigWorkflow(
-            config_file=list(config_files),
-            meta_file=meta_file,
-            logging_file=logging_file,
-            workflow_type=workflow_type,
-            **dict(overrides),
-        )
-        wf.initialize()
-        missing = wf.check_properties()
-        if missing:
-            c.set("FAIL", f"missing or wrongly referenced properties: {missing}")
-        else:
-            n = len(wf.properties or {})
-            c.set("PASS", f"{n} {workflow_type} + meta properties resolve (ConfigWorkflow.check_properties)")
-
-
 def check_bundle(
     bundle_dir: str = "bundle",
-    dataset_dir: str | None = None,
-    presets: str | Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    schema_file: str | None = None,
-    net_id: str = "network_def",
-    n: int = 1,
-    properties: bool = True,
-    verify_net: bool = True,
-    export: bool = True,
-    demo_cases: int = 3,
-    work_dir: str | None = None,
+    resolve: bool = False,
+    python_version: str = ZOO_CI_PYTHON,
+    index_url: str = PIN_INDEX_URL,
     print_table: bool = True,
 ) -> BundleCheckReport:
-    """Check a bundle like the MONAI Model Zoo CI (plus its pre-commit hooks and unit tests), offline.
+    """The Model Zoo's checks that its ``ci/verify_bundle.py`` does not run, on a bundle folder or a packed zip.
 
-    Rows: necessary files (``configs/metadata.json``, ``LICENSE``); preferred files (``configs/inference.json``,
-    ``models/model.pt``: WARN when missing, the Model Zoo CI fails unless the bundle is exempted);
-    ``large_files.yml``; file sizes (25 MB); version in changelog; MONAI / PyTorch / NumPy and required package
-    versions against the installed ones; ``verify_metadata`` against the local schema; 4-space JSON; ``logging.conf``
-    through MONAI's safe loader; train and inference ``ConfigWorkflow.check_properties()`` after ``initialize()``;
-    ``verify_net_in_out`` on ``net_id``; ``ckpt_export`` with ``use_trace=True`` when ``models/model.pt`` exists
-    (scripting is not supported by MONAI's SwinTransformer, MONAI issue #6823).
+    ``ci/verify_bundle.py`` (files, large-file download, version and changelog, metadata schema, network shapes,
+    TorchScript) and the bundle's unit test run for real with ``scripts/zoo_verify.py``; this adds, offline:
 
-    Args:
-        bundle_dir: the bundle folder.
-        dataset_dir: data for the workflow property checks (a folder with ``datalist.json`` for training and
-            cases for inference); by default synthetic demo cases are generated in a temporary folder.
-        presets: extra config files merged over ``train.json`` and ``inference.json`` (e.g. ``bundle/configs/presets/tiny.json``
-            for a small network); they must match ``models/model.pt`` if it exists.
-        overrides: config id -> value overrides for every workflow (e.g. ``{"teacher_weights": "/models/vitb16"}``).
-            The property checks also set ``cache_rate`` 0, ``num_workers`` 0 and, unless ``teacher_weights`` is
-            given, ``teacher_random_init`` true, so no teacher weights are needed.
-        schema_file: metadata JSON schema to use instead of the shipped copy.
-        net_id: the network id for ``verify_net_in_out`` and ``ckpt_export``.
-        n: value of ``n`` in the metadata's ``spatial_shape`` expressions for ``verify_net_in_out``.
-        properties, verify_net, export: run those (slower) checks.
-        demo_cases: number of synthetic cases when ``dataset_dir`` is not given.
-        work_dir: folder for the temporary bundle root, demo data and exports (default: a temporary folder).
-        print_table: print the report table.
+    * ``json: 4-space format``: every JSON file as the Model Zoo's ``pretty-format-json`` pre-commit hook writes it;
+    * ``logging.conf``: accepted by MONAI's safe logging loader;
+    * ``large_files.yml``: well-formed entries, each with a hash (WARN when there is none or no entry);
+    * ``files: size``: no file over 25 MB outside ``large_files.yml``;
+    * ``self-contained``: a bundle with ``scripts/`` (a packed one) has no config that needs ``diffmed_monai``;
+      the source bundle (no ``scripts/``) is SKIPped: it imports the installed package;
+    * ``code format``: ``scripts/`` passes the Model Zoo's isort, black and flake8 (SKIP without ``scripts/``);
+    * ``pins: Python X`` (``resolve=True``, needs the index): every pin the Model Zoo CI installs has a wheel for
+      its Python (:func:`resolve_pins`); SKIP when the index is unreachable.
 
     Returns:
         The report; ``report.ok`` is False when any row FAILed.
     """
-    bundle = Path(bundle_dir).resolve()
+    with contextlib.ExitStack() as stack:
+        if str(bundle_dir).endswith(".zip"):
+            from monai.apps.utils import extractall
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bundle_check_")))
+            extractall(filepath=str(bundle_dir), output_dir=str(tmp), has_base=True)
+            tops = [p for p in tmp.iterdir() if p.is_dir()]
+            bundle = tops[0] if len(tops) == 1 else tmp
+        else:
+            bundle = Path(bundle_dir).resolve()
+        report = _check(bundle, resolve, python_version, index_url)
+    report.bundle_dir = str(bundle_dir)
+    if print_table:
+        print(report.table(), flush=True)
+    return report
+
+
+def _check(bundle: Path, resolve: bool, python_version: str, index_url: str) -> BundleCheckReport:
     report = BundleCheckReport(str(bundle))
-    presets_list = [str(Path(p).resolve()) for p in ([presets] if isinstance(presets, str) else list(presets or []))]
-    user_overrides = dict(overrides or {})
     configs = bundle / "configs"
-    meta_file = configs / "metadata.json"
-    logging_file = configs / "logging.conf"
-
-    # -- files
-    with _Check(report, "files: necessary") as c:
-        missing = [f for f in NECESSARY_FILES if not (bundle / f).is_file()]
-        if missing:
-            c.set("FAIL", f"missing {', '.join(missing)}")
-        else:
-            c.set("PASS", ", ".join(NECESSARY_FILES))
-    with _Check(report, "files: preferred") as c:
-        candidates = [configs / f"inference.{suffix}" for suffix in ("json", "yaml", "yml")]
-        inference_cfg = next((p for p in candidates if p.is_file()), None)
-        missing = ([] if inference_cfg else ["configs/inference.json"]) + [
-            f for f in PREFERRED_FILES[1:] if not (bundle / f).is_file()
-        ]
-        if missing:
-            c.set("WARN", f"missing {', '.join(missing)} (Model Zoo CI fails on these unless the bundle is in "
-                          "exclude_verify_preferred_files_list; weights come from large_files.yml)")
-        else:
-            c.set("PASS", ", ".join(PREFERRED_FILES))
-    with _Check(report, "large_files.yml") as c:
-        path, entries = read_large_files(bundle)
-        if path is None:
-            c.set("WARN", "no large_files.yml: weights cannot be fetched with `monai.bundle download_large_files`")
-        elif not entries:
-            c.set("WARN", f"{path.name}: empty list, no hosted weights yet")
-        else:
-            absent = [e["path"] for e in entries if not (bundle / e["path"]).is_file()]
-            no_hash = [e["path"] for e in entries if not e.get("hash_val")]
-            detail = f"{len(entries)} entries ({', '.join(e['path'] for e in entries)})"
-            if no_hash:
-                detail += f"; no hash for {', '.join(no_hash)}"
-            if absent:
-                detail += f"; not downloaded here: {', '.join(absent)}"
-            c.set("WARN" if no_hash else "PASS", detail)
-    with _Check(report, "files: size <= 25 MB") as c:
-        _, entries = read_large_files(bundle)
-        listed = {Path(str(e["path"])).as_posix() for e in entries}
-        big = []
-        for dirpath, dirnames, filenames in os.walk(bundle):
-            dirnames[:] = [d for d in dirnames if d not in ("eval", "__pycache__") and not d.startswith(".")]
-            for fname in filenames:
-                p = Path(dirpath) / fname
-                rel = p.relative_to(bundle).as_posix()
-                if p.stat().st_size > MAX_FILE_MB * 2**20 and rel not in listed:
-                    big.append((rel, p.stat().st_size))
-        weights = [(r, s) for r, s in big if r.startswith("models/")]
-        others = [(r, s) for r, s in big if not r.startswith("models/")]
-        if others:
-            c.set("FAIL", "over 25 MB and not in large_files.yml: " + ", ".join(f"{r} ({_mb(s)})" for r, s in others))
-        elif weights:
-            c.set("WARN", "local weights over 25 MB, host them and list them in large_files.yml before submitting: "
-                          + ", ".join(f"{r} ({_mb(s)})" for r, s in weights))
-        else:
-            c.set("PASS", "no file over 25 MB outside large_files.yml")
-
-    meta: dict = {}
-    with _Check(report, "metadata: version/changelog") as c:
-        meta = _read_json(meta_file)
-        version, changelog = meta.get("version"), meta.get("changelog")
-        if not version or not isinstance(changelog, Mapping):
-            c.set("FAIL", "needs `version` and a `changelog` dict")
-        elif version not in changelog:
-            c.set("FAIL", f"version {version} is not a key of `changelog`")
-        else:
-            c.set("PASS", f"version {version} in changelog")
-    with _Check(report, "metadata: framework versions") as c:
-        pins = {k: meta.get(f"{'pytorch' if k == 'torch' else k}_version") for k in ("monai", "torch", "numpy")}
-        absent = [k for k, v in pins.items() if not v]
-        differ = [
-            f"{k} {v} (installed {_installed_version(k)})" for k, v in pins.items() if v and v != _installed_version(k)
-        ]
-        if absent:
-            c.set("FAIL", f"missing monai_version/pytorch_version/numpy_version for {', '.join(absent)}")
-        elif differ:
-            c.set("WARN", "metadata differs from this environment: " + "; ".join(differ))
-        else:
-            c.set("PASS", ", ".join(f"{k} {v}" for k, v in pins.items()))
-    with _Check(report, "metadata: required packages") as c:
-        req = dict(meta.get("required_packages_version") or {})
-        req.update(meta.get("optional_packages_version") or {})
-        differ = [
-            f"{k}=={v} (installed {_installed_version(k)})" for k, v in req.items() if _installed_version(k) != str(v)
-        ]
-        if not isinstance(meta.get("required_packages_version"), Mapping):
-            c.set("FAIL", "`required_packages_version` must be a dict of exact versions")
-        elif differ:
-            c.set("WARN", "Model Zoo CI installs these exact pins; this environment differs: " + "; ".join(differ))
-        else:
-            c.set("PASS", f"{len(req)} pins match the installed versions")
-    with _Check(report, "metadata: schema") as c:
-        used = verify_metadata_offline(meta_file, schema_file)
-        c.set("PASS", f"verify_metadata against {used.name} (local copy)")
-
-    # -- formats
     with _Check(report, "json: 4-space format") as c:
         json_files = sorted(configs.rglob("*.json"))
         json_files += [bundle / f for f in LARGE_FILES_NAMES if f.endswith(".json") and (bundle / f).is_file()]
@@ -617,129 +743,62 @@ def check_bundle(
         else:
             c.set("PASS", f"{len(json_files)} JSON files")
     with _Check(report, "logging.conf") as c:
-        if not logging_file.is_file():
+        if not (configs / "logging.conf").is_file():
             c.set("WARN", "no configs/logging.conf (every Model Zoo bundle ships one)")
         else:
-            check_logging_conf(logging_file)
+            check_logging_conf(configs / "logging.conf")
             c.set("PASS", "accepted by MONAI's safe logging loader")
-
-    inference_cfg = configs / "inference.json"
-    train_cfg = configs / "train.json"
-    heavy = properties or verify_net or export
-    if not heavy:
-        for row in ("properties: train", "properties: inference", "verify_net_in_out", "ckpt_export (trace)"):
-            report.add(row, "SKIP", "not requested")
-        _finish(report, print_table)
-        return report
-
-    with contextlib.ExitStack() as stack:
-        if work_dir:
-            work = Path(work_dir)
+    entries: list[dict] = []
+    with _Check(report, "large_files.yml") as c:
+        path, entries = read_large_files(bundle)
+        if path is None:
+            c.set("WARN", "no large_files.yml: weights cannot be fetched with `monai.bundle download_large_files`")
+        elif not entries:
+            c.set("WARN", f"{path.name}: empty list, no hosted weights yet")
         else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bundle_check_")))
-        work.mkdir(parents=True, exist_ok=True)
-        infer_files = [str(inference_cfg)] + presets_list
-        ckpt = bundle / "models" / "model.pt"
-
-        if properties:
-            data_dir = dataset_dir
-            if data_dir is None:
-                try:
-                    data_dir = _make_demo_dataset(str(work / "demo_data"), demo_cases)
-                except Exception as err:  # the package's demo generator is missing or broken
-                    data_dir = None
-                    report.add("properties: demo data", "FAIL", _error_text(err))
-            base = {"cache_rate": 0.0, "num_workers": 0}
-            if train_cfg.is_file() and data_dir is not None:
-                train_files = [str(train_cfg)] + presets_list
-                keys = _config_keys(train_files)
-                ov = {k: v for k, v in base.items() if k in keys}
-                if "teacher_random_init" in keys and "teacher_weights" not in user_overrides:
-                    ov["teacher_random_init"] = True
-                ov.update(user_overrides)
-                ov.update(bundle_root=str(work / "train_root"), dataset_dir=str(data_dir))
-                _check_workflow(report, "properties: train", "train", train_files, str(meta_file),
-                                str(logging_file) if logging_file.is_file() else False, ov)
-            elif not train_cfg.is_file():
-                report.add("properties: train", "SKIP", "no configs/train.json")
-            if inference_cfg.is_file() and data_dir is not None:
-                root = work / "infer_root"
-                (root / "models").mkdir(parents=True, exist_ok=True)
-                target = root / "models" / "model.pt"
-                ov = {k: v for k, v in base.items() if k in _config_keys(infer_files)}
-                ov.update(user_overrides)
-                if ckpt.is_file():
-                    if not target.exists():
-                        shutil.copyfile(ckpt, target)
-                    note = "with models/model.pt"
-                else:
-                    try:
-                        _random_checkpoint(infer_files, str(meta_file), ov, str(target), net_id)
-                        note = "with a random checkpoint (no models/model.pt)"
-                    except Exception as err:
-                        note = f"checkpoint could not be built: {_error_text(err, 150)}"
-                ov.update(bundle_root=str(root), dataset_dir=str(data_dir))
-                _check_workflow(report, "properties: inference", "infer", infer_files, str(meta_file),
-                                str(logging_file) if logging_file.is_file() else False, ov)
-                row = report.results[-1]
-                row.detail = f"{row.detail} [{note}]"
-            elif not inference_cfg.is_file():
-                report.add("properties: inference", "SKIP", "no configs/inference.json")
+            no_hash = [e["path"] for e in entries if not e.get("hash_val")]
+            detail = f"{len(entries)} entries ({', '.join(e['path'] for e in entries)})"
+            c.set("WARN" if no_hash else "PASS", detail + (f"; no hash for {', '.join(no_hash)}" if no_hash else ""))
+    with _Check(report, "files: size <= 25 MB") as c:
+        listed = {Path(str(e["path"])).as_posix() for e in entries}
+        big = []
+        for dirpath, dirnames, filenames in os.walk(bundle):
+            dirnames[:] = [d for d in dirnames if d not in ("eval", "store", "__pycache__") and not d.startswith(".")]
+            for fname in filenames:
+                p = Path(dirpath) / fname
+                rel = p.relative_to(bundle).as_posix()
+                if p.stat().st_size > MAX_FILE_MB * 2**20 and rel not in listed:
+                    big.append(f"{rel} ({_mb(p.stat().st_size)})")
+        if big:
+            c.set("FAIL", "over 25 MB and not in large_files.yml: " + ", ".join(big))
         else:
-            report.add("properties: train", "SKIP", "not requested")
-            report.add("properties: inference", "SKIP", "not requested")
-
-        if verify_net and inference_cfg.is_file():
-            from monai.bundle import verify_net_in_out
-
-            with _Check(report, "verify_net_in_out") as c:
-                verify_net_in_out(net_id=net_id, meta_file=str(meta_file), config_file=infer_files, n=n,
-                                  device="cpu", bundle_root=str(bundle), **user_overrides)
-                c.set("PASS", f"`{net_id}` maps network_data_format inputs to outputs (n={n})")
+            c.set("PASS", "no file over 25 MB outside large_files.yml")
+    code = sorted((bundle / BUNDLE_CODE).rglob("*.py")) if (bundle / BUNDLE_CODE).is_dir() else []
+    with _Check(report, "self-contained") as c:
+        if not code:
+            c.set("SKIP", f"no {BUNDLE_CODE}/: the source bundle imports the installed {PACKAGE_NAME} package "
+                          "(pack_bundle makes the self-contained copy)")
         else:
-            report.add("verify_net_in_out", "SKIP", "not requested" if not verify_net else "no configs/inference.json")
-
-        if export and inference_cfg.is_file() and ckpt.is_file():
-            import torch
-            from monai.bundle import ckpt_export
-
-            with _Check(report, "ckpt_export (trace)") as c:
-                shape = _export_input_shape(meta)
-                out = work / "export" / "model.ts"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                ckpt_export(net_id=net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta_file),
-                            config_file=infer_files, key_in_ckpt=_checkpoint_key(str(ckpt)), use_trace=True,
-                            input_shape=shape, bundle_root=str(bundle), **user_overrides)
-                ts = torch.jit.load(str(out), map_location="cpu")
-                with torch.no_grad():
-                    y = ts(torch.randn(*shape))
-                detail = f"traced at {list(shape)} -> {list(y.shape)}"
-                shipped = bundle / "models" / "model.ts"
-                if shipped.is_file():
-                    torch.jit.load(str(shipped), map_location="cpu")
-                    detail += "; models/model.ts loads"
-                c.set("PASS", detail + " (torch.jit.script is not supported: MONAI #6823)")
-        else:
-            if not export:
-                why = "not requested"
-            elif not inference_cfg.is_file():
-                why = "no configs/inference.json"
+            needs = [p.relative_to(bundle).as_posix() for p in sorted(configs.rglob("*.json")) + code
+                     if re.search(rf"\b{PACKAGE_NAME}\b", p.read_text(encoding="utf-8"))]
+            if needs:
+                c.set("FAIL", f"{PACKAGE_NAME} is still referenced in: {', '.join(needs)}")
             else:
-                why = "no models/model.pt (export needs trained weights)"
-            report.add("ckpt_export (trace)", "SKIP", why)
-
-    _finish(report, print_table)
+                c.set("PASS", f"configs and {len(code)} modules in {BUNDLE_CODE}/ need no {PACKAGE_NAME}")
+    with _Check(report, "code format") as c:
+        if not code:
+            c.set("SKIP", f"no {BUNDLE_CODE}/")
+        else:
+            zoo_code_format(code, fix=False)
+            c.set("PASS", f"{len(code)} files: the Model Zoo's isort, black and flake8 settings")
+    name = f"pins: Python {python_version}"
+    if not resolve:
+        report.add(name, "SKIP", "not requested (resolve=True)")
+    elif reason := index_unreachable(index_url):
+        report.add(name, "SKIP", reason)
+    else:
+        with _Check(report, name) as c:
+            reqs = metadata_requirements(_read_json(configs / "metadata.json"))
+            resolve_pins(reqs, python_version, index_url)
+            c.set("PASS", f"{len(reqs)} pins have a wheel for CPython {python_version} on {index_url}")
     return report
-
-
-def _export_input_shape(meta: Mapping) -> list[int]:
-    """``[1, C, 256, 256]``-style tracing shape from the metadata (256 per spatial dim, a multiple of 16 and 32)."""
-    image = meta.get("network_data_format", {}).get("inputs", {}).get("image", {})
-    channels = int(image.get("num_channels", 1))
-    dims = len(image.get("spatial_shape", [0, 0]))
-    return [1, channels] + [256] * dims
-
-
-def _finish(report: BundleCheckReport, print_table: bool) -> None:
-    if print_table:
-        print(report.table(), flush=True)

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Check the MONAI bundle the way the MONAI Model Zoo CI does, offline; exit 1 if any check fails.
+"""The Model Zoo's checks that its ci/verify_bundle.py does not run, on a bundle folder or a packed zip; exit 1 if
+one fails.
 
-    python scripts/check_bundle.py --bundle_dir bundle                       # full-size network, demo data
-    python scripts/check_bundle.py --bundle_dir bundle --presets bundle/configs/presets/tiny.json
-    python scripts/check_bundle.py --bundle_dir bundle --properties False --verify_net False --export False
+    python scripts/check_bundle.py --bundle_dir dist/diffmed_dinov3_brats_segmentation_v0.1.0.zip --resolve True
+    python scripts/check_bundle.py --bundle_dir bundle
 
-Prints a PASS / WARN / FAIL / SKIP table: necessary and preferred files, large_files.yml, file sizes, version and
-changelog, framework and package versions, metadata against the shipped JSON schema, 4-space JSON, logging.conf,
-train and inference workflow properties, verify_net_in_out, and ckpt_export with tracing when models/model.pt
-exists. See :func:`bundle_tools.check_bundle`.
+Prints a PASS / WARN / FAIL / SKIP table: JSON format (the pre-commit hook), logging.conf, large_files.yml, file
+sizes, self-contained configs and the Model Zoo code format of scripts/ (packed bundles), and, with ``--resolve``,
+that every pin has a wheel for the Model Zoo CI's Python. The zoo's own ci/verify_bundle.py and the bundle's unit
+test: ``scripts/zoo_verify.py``. See :func:`bundle_tools.check_bundle`.
 """
 
 from __future__ import annotations

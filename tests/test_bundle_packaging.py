@@ -1,5 +1,7 @@
-"""Bundle packaging for the MONAI Model Zoo: metadata and its schema, versions, logging.conf, JSON format,
-large_files.yml, the zip layout, and the Model Zoo CI checks (shapes, traced export, workflow properties)."""
+"""Bundle packaging for the MONAI Model Zoo: metadata and its schema, pins, logging.conf, JSON format,
+large_files.yml, the self-contained zip (code copy, code format, weights), and the packed bundle used without the
+diffmed_monai package (monai.bundle.load, the Model Zoo unit test); the Model Zoo's own CI scripts with
+DIFFMED_ZOO_DIR."""
 
 from __future__ import annotations
 
@@ -25,12 +27,17 @@ sys.path.insert(0, str(REPO / "scripts"))  # the bundle tools are scripts, not p
 import bundle_tools  # noqa: E402
 from bundle_tools import (  # noqa: E402
     SCHEMA_SHA256,
+    ZOO_CI_PYTHON,
+    ZOO_STYLE,
     check_bundle,
     check_json_format,
     check_logging_conf,
+    index_unreachable,
     local_schema_path,
+    metadata_requirements,
     pack_bundle,
     read_large_files,
+    resolve_pins,
     verify_metadata_offline,
 )
 
@@ -118,26 +125,52 @@ def _install_requires() -> dict[str, SpecifierSet]:
 def test_metadata_versions_are_exact_and_allowed_by_setup_cfg():
     """The Model Zoo CI pip-installs ``name==version`` for each pin, so every pin must be an exact release that
     the package itself accepts; torch is pinned by the README and must equal the installed build, and MONAI must be
-    the installed minor release (registries move on, so other pins are checked against setup.cfg, not the env)."""
+    the installed minor release. The bundle carries its code, so the package itself is no requirement."""
     meta = _meta()
     allowed = _install_requires()
-    parser = configparser.ConfigParser()
-    parser.read(REPO / "setup.cfg", encoding="utf-8")
     torch_installed = Version(importlib.metadata.version("torch")).base_version
     assert meta["pytorch_version"] == torch_installed
     assert Version(meta["monai_version"]).release[:2] == Version(importlib.metadata.version("monai")).release[:2]
-    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     required = meta["required_packages_version"]
-    for pkg in ("diffmed-monai", "pytorch-ignite", "nibabel", "einops", "transformers", "timm", "fire",
-                "tensorboard"):
+    assert "diffmed-monai" not in required
+    # MONAI renames a metadata `optional_packages_version` to `required_packages_version` (a deprecated name),
+    # replacing the required pins: everything is in `required_packages_version`
+    assert "optional_packages_version" not in meta
+    for pkg in ("pytorch-ignite", "nibabel", "einops", "transformers", "timm", "scipy", "fire", "tensorboard", "tqdm",
+                "pyyaml", "jsonschema"):
         assert pkg in required, pkg
-    assert required["diffmed-monai"] == parser["metadata"]["version"] == meta["version"]
-    pins.update({k: v for k, v in required.items() if k != "diffmed-monai"})
-    for pkg, version in pins.items():
+    reqs = metadata_requirements(meta)
+    assert reqs[:3] == [f"monai=={meta['monai_version']}", f"torch=={meta['pytorch_version']}",
+                        f"numpy=={meta['numpy_version']}"]
+    for req in reqs:
+        pkg, version = req.split("==")
         assert str(Version(version)) == version, f"{pkg}: {version!r} is not an exact release"
         spec = allowed[canonicalize_name(pkg)]
         assert spec.contains(version, prereleases=True), f"{pkg}=={version} is outside setup.cfg's {spec}"
     assert meta["version"] in meta["changelog"]
+
+
+def test_bundle_readme_installs_the_metadata_pins():
+    """The bundle README's install commands name exactly the pins the Model Zoo CI installs."""
+    import re
+
+    readme = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    named = set()
+    for line in re.findall(r"^pip install (.+)$", readme, flags=re.M):
+        named.update(tok for tok in line.split() if "==" in tok)
+    assert named == set(metadata_requirements(_meta())) | {"torchvision==0.29.1"}
+
+
+def test_metadata_pins_have_wheels_for_the_zoo_ci_python():
+    """Every pin the Model Zoo CI installs resolves to a wheel for its Python (3.10) on PyPI (pip, metadata only)."""
+    if reason := index_unreachable():
+        pytest.skip(f"cannot check the pins: {reason}")
+    reqs = metadata_requirements(_meta())
+    wheels = resolve_pins(reqs, ZOO_CI_PYTHON)
+    assert set(wheels) == set(reqs)
+    assert wheels[f"torch=={_meta()['pytorch_version']}"].startswith(f"torch-{_meta()['pytorch_version']}-cp310")
+    with pytest.raises(ValueError, match=r"numpy==2\.4\.6"):  # a release without a Python 3.10 wheel is named
+        resolve_pins(["nibabel==5.4.2", "numpy==2.4.6"], ZOO_CI_PYTHON)
 
 
 def test_metadata_describes_the_student_network_and_training_only_teacher():
@@ -208,49 +241,173 @@ def test_licenses_are_present():
 # --------------------------------------------------------------------------------------------------- packing
 
 
-def test_pack_bundle_zip_layout_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """The bundle packed as shipped (code copy formatted and checked with the Model Zoo's settings), unpacked as
+    ``models/<name>/`` in a Model Zoo-like folder."""
     from monai.apps.utils import extractall
 
-    zip_path = Path(pack_bundle(str(_copy_bundle(tmp_path / "b")), str(tmp_path / "dist"), name=NAME))
+    work = tmp_path_factory.mktemp("packed")
+    zip_path = Path(pack_bundle(str(_copy_bundle(work / "b")), str(work / "dist"), name=NAME))
+    extractall(filepath=zip_path, output_dir=work / "zoo" / "models", has_base=True)
+    return zip_path, work / "zoo"
+
+
+#: Python code run first in a subprocess so that ``import diffmed_monai`` fails there (``sys.modules[name] = None``).
+WITHOUT_PACKAGE = "import sys; sys.modules['diffmed_monai'] = None; "
+
+
+def _run_without_package(code: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", WITHOUT_PACKAGE + code], cwd=str(cwd), capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_pack_bundle_zip_is_self_contained(packed):
+    zip_path, zoo = packed
     assert zip_path.name == f"{NAME}_v{_meta()['version']}.zip"
-    out = tmp_path / "out"
-    extractall(filepath=zip_path, output_dir=out, has_base=True)
-    assert [p.name for p in out.iterdir()] == [NAME]
-    root = out / NAME
-    for rel in ("configs/metadata.json", "configs/logging.conf", "LICENSE", "large_files.yml", "docs/README.md",
-                "docs/data_license.txt"):
+    root = zoo / "models" / NAME
+    assert [p.name for p in (zoo / "models").iterdir()] == [NAME]
+    for rel in ("configs/metadata.json", "configs/logging.conf", "configs/presets/tiny.json",
+                "configs/presets/brats2023.json", "LICENSE", "large_files.yml", "docs/README.md",
+                "docs/data_license.txt", "scripts/__init__.py", "scripts/networks/diffmed.py",
+                "scripts/engines/trainer.py", "scripts/data/store.py"):
         assert (root / rel).is_file(), rel
+    assert not (root / "scripts" / "cli.py").exists() and not (root / "models").exists()
     assert (root / "configs" / "metadata.json").read_bytes() == META.read_bytes()
     assert verify_metadata_offline(root / "configs" / "metadata.json")
-    assert not (root / "models").exists()  # no weights in the bundle, none in the zip
+    text = "\n".join(p.read_text(encoding="utf-8") for p in root.rglob("*") if p.suffix in (".json", ".py"))
+    assert "diffmed_monai" not in text
+    train = json.loads((root / "configs" / "train.json").read_text())
+    assert train["network_def"]["_target_"] == "scripts.networks.DiffMedDINOv3"
+    assert "$import scripts.networks" in train["imports"]
+    source_modules = {p.relative_to(REPO / "diffmed_monai").as_posix() for p in (REPO / "diffmed_monai").rglob("*.py")
+                      if "__pycache__" not in p.parts and p.name != "cli.py"}
+    assert {p.relative_to(root / "scripts").as_posix() for p in (root / "scripts").rglob("*.py")} == source_modules
+
+
+def test_packed_code_passes_the_zoo_code_format(packed):
+    """isort, black and flake8 with the Model Zoo's settings run again on the zip's ``scripts/`` (check only), and
+    the other checks the Model Zoo runs besides ``verify_bundle.py`` pass on the zip."""
+    zip_path, _ = packed
+    report = check_bundle(str(zip_path), print_table=False)
+    assert report.ok, report.table()
+    for row in ("json: 4-space format", "logging.conf", "files: size <= 25 MB", "self-contained", "code format"):
+        assert report.status_of(row) == "PASS", report.table()
+
+
+def test_zoo_code_format_catches_unformatted_code(tmp_path):
+    from bundle_tools import zoo_code_format
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys, os\nx = [a for a in os.environ]\n")
+    with pytest.raises(ValueError, match="isort, black, flake8 failed"):
+        zoo_code_format([bad], fix=False)
+    with pytest.raises(ValueError, match=r"flake8 failed[\s\S]*C416"):
+        zoo_code_format([bad], fix=True)  # isort and black fix the layout; flake8's comprehension check remains
+    assert bad.read_text().startswith("import os\nimport sys\n")
+
+
+def test_check_bundle_fails_when_packed_configs_need_the_package(packed, tmp_path):
+    _, zoo = packed
+    copy = tmp_path / NAME
+    shutil.copytree(zoo / "models" / NAME, copy)
+    infer = copy / "configs" / "inference.json"
+    infer.write_text(infer.read_text().replace("scripts.networks.DiffMedDINOv3", "diffmed_monai.networks.X"))
+    report = check_bundle(str(copy), print_table=False)
+    assert report.status_of("self-contained") == "FAIL" and "configs/inference.json" in report.table()
+
+
+def test_check_bundle_on_the_source_bundle():
+    report = check_bundle(str(BUNDLE), print_table=False)
+    assert report.ok, report.table()
+    assert report.status_of("json: 4-space format") == "PASS" and report.status_of("logging.conf") == "PASS"
+    assert report.status_of("self-contained") == "SKIP" and report.status_of("code format") == "SKIP"
+
+
+def test_zoo_style_unit_test_on_the_packed_bundle_without_the_package(packed):
+    """The Model Zoo unit test (train 1 epoch, evaluate, infer; tiny preset) on the unpacked zip, in a process where
+    ``import diffmed_monai`` fails: the bundle runs on its own ``scripts/``."""
+    _, zoo = packed
+    test = REPO / "scripts" / "zoo" / f"test_{NAME}.py"
+    code = f"import runpy; sys.argv = [{str(test)!r}]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    proc = _run_without_package(code, zoo)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "Ran 3 tests" in proc.stderr and "OK" in proc.stderr
+
+
+def test_packed_bundle_loads_with_monai_bundle_load_without_the_package(packed, tmp_path):
+    """``monai.bundle.load`` with its default (train) workflow: no teacher weights, no data, no diffmed_monai."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from diffmed_monai.networks import teacher_width
+
+    _, zoo = packed
+    bundles = tmp_path / "bundles"
+    shutil.copytree(zoo / "models" / NAME, bundles / NAME)
+    (bundles / NAME / "models").mkdir()
+    torch.save(_tiny_state_dict(), bundles / NAME / "models" / "model.pt")
+    tiny = ConfigParser.load_config_file(str(TINY))
+    net_override = {k.split("#", 1)[1]: v for k, v in tiny.items() if k.startswith("network_def#")}
+    net_override["teacher_dim"] = teacher_width(tiny["teacher_arch"])
+    code = (f"sys.path.insert(0, {str(bundles / NAME)!r}); import torch; from monai.bundle import load; "
+            f"net = load(name={NAME!r}, bundle_dir={str(bundles)!r}, source='github', device='cpu', "
+            f"net_override={net_override!r}); "
+            f"state = torch.load({str(bundles / NAME / 'models' / 'model.pt')!r}, weights_only=True); "
+            "loaded = net.state_dict(); "
+            "assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state); "
+            "print(type(net).__module__)")
+    proc = _run_without_package(code, bundles / NAME)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.strip().splitlines()[-1] == "scripts.networks.diffmed"
 
 
 def test_pack_bundle_weights_and_size_limit(tmp_path):
     import zipfile
 
+    import torch
+    import yaml
+
     bundle = _copy_bundle(tmp_path / "b")
-    (bundle / "models" / "model.pt").write_bytes(b"\0" * 1024)
+    state = _tiny_state_dict()
+    ckpt = tmp_path / "checkpoint_epoch=3.pt"  # a training checkpoint: the network part is packed
+    torch.save({"model": state, "optimizer": {}}, ckpt)
     (bundle / "models" / "checkpoint_epoch=3.pt").write_bytes(b"\0" * 1024)  # training leftovers stay out
     (bundle / "eval").mkdir()
     (bundle / "eval" / "metrics.csv").write_text("x\n")
-    with zipfile.ZipFile(pack_bundle(str(bundle), str(tmp_path / "d1"), name=NAME)) as zf:
+    out = tmp_path / "out"
+    zip1 = pack_bundle(str(bundle), str(tmp_path / "d1"), name=NAME, weights=str(ckpt), presets="tiny",
+                       weights_url="https://example.org/model.pt", code_format=False)
+    with zipfile.ZipFile(zip1) as zf:
         names = set(zf.namelist())
-    assert f"{NAME}/models/model.pt" in names
+        zf.extractall(out)
+    assert f"{NAME}/models/model.pt" in names and all(n.startswith(f"{NAME}/") for n in names)
     assert not any("checkpoint_epoch" in n or "/eval/" in n for n in names)
-    assert all(n.startswith(f"{NAME}/") for n in names)
-    with zipfile.ZipFile(pack_bundle(str(bundle), str(tmp_path / "d2"), name=NAME, include_weights=False)) as zf:
-        assert f"{NAME}/models/model.pt" not in zf.namelist()
+    packed_state = torch.load(out / NAME / "models" / "model.pt", weights_only=True)
+    assert set(packed_state) == set(state) and all(torch.equal(packed_state[k], state[k]) for k in state)
+    entries = yaml.safe_load((out / NAME / "large_files.yml").read_text())["large_files"]
+    digest = hashlib.sha256((out / NAME / "models" / "model.pt").read_bytes()).hexdigest()
+    assert entries == [{"path": "models/model.pt", "url": "https://example.org/model.pt", "hash_val": digest,
+                        "hash_type": "sha256"}]
+    _, listed = read_large_files(out / NAME)
+    assert listed == entries
 
+    with pytest.raises(ValueError, match="presets"):  # tiny weights do not fit the default (full-size) network
+        pack_bundle(str(bundle), str(tmp_path / "d2"), name=NAME, weights=str(ckpt), code_format=False)
     (bundle / "models" / "model.pt").write_bytes(b"\0" * (2 * 2**20))
+    with zipfile.ZipFile(pack_bundle(str(bundle), str(tmp_path / "d3"), name=NAME, include_weights=False,
+                                     code_format=False)) as zf:
+        assert f"{NAME}/models/model.pt" not in zf.namelist()
     with pytest.raises(ValueError, match="model.pt"):
-        pack_bundle(str(bundle), str(tmp_path / "d3"), name=NAME, max_file_mb=1)
+        pack_bundle(str(bundle), str(tmp_path / "d4"), name=NAME, max_file_mb=1, code_format=False)
     (bundle / "large_files.yml").write_text(
         'large_files:\n- path: "models/model.pt"\n  url: "https://example.org/model.pt"\n'
     )
-    assert Path(pack_bundle(str(bundle), str(tmp_path / "d4"), name=NAME, max_file_mb=1)).is_file()
+    assert Path(pack_bundle(str(bundle), str(tmp_path / "d5"), name=NAME, max_file_mb=1, code_format=False)).is_file()
     (bundle / "docs" / "big.bin").write_bytes(b"\0" * (2 * 2**20))
     with pytest.raises(ValueError, match="docs/big.bin"):
-        pack_bundle(str(bundle), str(tmp_path / "d5"), name=NAME, max_file_mb=1)
+        pack_bundle(str(bundle), str(tmp_path / "d6"), name=NAME, max_file_mb=1, code_format=False)
 
 
 def test_pack_bundle_refuses_a_bundle_without_license(tmp_path):
@@ -260,41 +417,46 @@ def test_pack_bundle_refuses_a_bundle_without_license(tmp_path):
         pack_bundle(str(bundle), str(tmp_path / "dist"))
 
 
-def test_check_bundle_static_checks_pass_on_this_bundle():
-    report = check_bundle(str(BUNDLE), properties=False, verify_net=False, export=False, print_table=False)
-    assert report.ok, report.table()
-    for row in ("files: necessary", "metadata: schema", "metadata: version/changelog", "json: 4-space format",
-                "logging.conf"):
-        assert report.status_of(row) == "PASS", report.table()
-
-
-def test_check_bundle_fails_without_license(tmp_path):
-    bundle = _copy_bundle(tmp_path / "b")
-    (bundle / "LICENSE").unlink()
-    report = check_bundle(str(bundle), properties=False, verify_net=False, export=False, print_table=False)
-    assert not report.ok and report.status_of("files: necessary") == "FAIL"
-
-
 @pytest.mark.slow
 def test_check_and_pack_scripts(tmp_path):
-    bundle = _copy_bundle(tmp_path / "b")
-    cmd = [sys.executable, str(REPO / "scripts" / "check_bundle.py"), "--bundle_dir", str(bundle),
-           "--properties", "False", "--verify_net", "False", "--export", "False"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-    assert "PASS" in ok.stdout
-    pack_cmd = [sys.executable, str(REPO / "scripts" / "pack_bundle.py"), "--bundle_dir", str(bundle),
-                "--output_dir", str(tmp_path / "dist")]
+    pack_cmd = [sys.executable, str(REPO / "scripts" / "pack_bundle.py"), "--bundle_dir", str(_copy_bundle(tmp_path / "b")),
+                "--output_dir", str(tmp_path / "dist"), "--code_format", "False"]
     pack = subprocess.run(pack_cmd, capture_output=True, text=True, env=env, timeout=300)
     assert pack.returncode == 0, pack.stderr[-2000:]
-    assert (tmp_path / "dist" / f"{NAME}_v{_meta()['version']}.zip").is_file() and "MB" in pack.stdout
-    (bundle / "LICENSE").unlink()
-    bad = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode == 1 and "FAIL" in bad.stdout
+    zip_path = tmp_path / "dist" / f"{NAME}_v{_meta()['version']}.zip"
+    assert zip_path.is_file() and "MB" in pack.stdout and "modules of diffmed_monai in scripts/" in pack.stdout
+    cmd = [sys.executable, str(REPO / "scripts" / "check_bundle.py"), "--bundle_dir", str(BUNDLE)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0 and "PASS" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
+    bad = tmp_path / "bad"
+    shutil.copytree(BUNDLE, bad, ignore=shutil.ignore_patterns("eval", "models", "store"))
+    (bad / "configs" / "preprocess.json").write_text(json.dumps(json.loads((bad / "configs" / "preprocess.json")
+                                                                         .read_text()), indent=2))
+    cmd[-1] = str(bad)
+    failed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert failed.returncode == 1 and "FAIL" in failed.stdout
 
 
-# ------------------------------------------------------------------- network-dependent (lead un-skips if needed)
+@pytest.mark.skipif(not os.environ.get("DIFFMED_ZOO_DIR"),
+                    reason="set DIFFMED_ZOO_DIR to a checkout of Project-MONAI/model-zoo to run its own CI scripts")
+@pytest.mark.slow
+def test_model_zoo_ci_scripts_accept_the_packed_bundle(packed, tmp_path):
+    """The Model Zoo's ``ci/verify_bundle.py`` (min and full, random weights from its ``_produce_fake_weights``),
+    its code format and the unit test through its ``ci/unit_tests/runner.py``, as ``scripts/zoo_verify.py`` runs them."""
+    zoo = Path(os.environ["DIFFMED_ZOO_DIR"])
+    for name in ("setup.cfg", "pyproject.toml"):  # the settings kept here are still the zoo's
+        assert (ZOO_STYLE / name).read_text() == (zoo / name).read_text(), name
+    zip_path, _ = packed
+    cmd = [sys.executable, str(REPO / "scripts" / "zoo_verify.py"), "--zoo_dir", str(zoo), "--zip", str(zip_path),
+           "--work_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    for step in ("code format", "requirements", "fake weights", "verify min", "verify full", "unit test"):
+        assert f"PASS  {step}" in proc.stdout, step
+
+
+# ------------------------------------------------------------------------------------- network (repository side)
 
 
 def test_verify_net_in_out_on_network_def():
@@ -320,43 +482,3 @@ def test_ckpt_export_with_tracing(tmp_path):
     ts = torch.jit.load(str(out))
     with torch.no_grad():
         assert tuple(ts(torch.randn(1, 4, 64, 64)).shape) == (1, 4, 64, 64)
-
-
-@pytest.mark.slow
-def test_train_and_inference_properties_and_full_check(tmp_path):
-    _needs_network()
-    if not (CONFIGS / "train.json").is_file():
-        pytest.skip("bundle/configs/train.json is not written yet")
-    import torch
-
-    bundle = _copy_bundle(tmp_path / "b")
-    torch.save(_tiny_state_dict(), bundle / "models" / "model.pt")  # bare state dict, as train.json saves it
-    report = check_bundle(str(bundle), presets=str(TINY), demo_cases=3, work_dir=str(tmp_path / "work"),
-                          print_table=False)
-    assert report.ok, report.table()
-    for row in ("properties: train", "properties: inference", "verify_net_in_out", "ckpt_export (trace)"):
-        assert report.status_of(row) == "PASS", report.table()
-
-
-def test_packed_bundle_loads_with_monai_bundle_load(tmp_path, monkeypatch):
-    _needs_network()
-    import torch
-    from monai.apps.utils import extractall
-    from monai.bundle import ConfigParser, load
-
-    from diffmed_monai.networks import teacher_width
-
-    bundle = _copy_bundle(tmp_path / "b")
-    state = _tiny_state_dict()
-    torch.save({"model": state}, bundle / "models" / "model.pt")
-    zip_path = pack_bundle(str(bundle), str(tmp_path / "dist"), name=NAME)
-    extractall(filepath=zip_path, output_dir=tmp_path / "zoo", has_base=True)
-    tiny = ConfigParser.load_config_file(str(TINY))
-    net_override = {k.split("#", 1)[1]: v for k, v in tiny.items() if k.startswith("network_def#")}
-    net_override["teacher_dim"] = teacher_width(tiny["teacher_arch"])
-    # `load` builds the inference workflow, whose `initialize` needs `bundle_root` ("."): run from the bundle
-    monkeypatch.chdir(tmp_path / "zoo" / NAME)
-    net = load(name=NAME, bundle_dir=str(tmp_path / "zoo"), source="github", workflow_type="inference",
-               key_in_ckpt="model", device="cpu", net_override=net_override)
-    loaded = net.state_dict()
-    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)

@@ -63,14 +63,51 @@ def test_every_preset_parses_and_resolves(preset):
 
 
 def test_missing_teacher_weights_fail_before_any_preprocessing(demo_data, tmp_path):
-    """The teacher is built first in ``initialize``: without weights the error names the key, before any case of the
-    data set is read or written to the store (hours at BraTS scale)."""
-    wf = workflow([TRAIN], bundle_root=str(tmp_path), dataset_dir=str(demo_data))
-    with pytest.raises(Exception) as err:
-        wf.initialize()
-    assert "teacher_weights" in error_chain(err.value)
+    """The teacher is built only when training runs, first in ``run``: ``initialize`` (what ``monai.bundle.load``
+    and the Model Zoo's checks do) needs no weights, and ``run`` fails naming the key before any case of the data
+    set is read or written to the store (hours at BraTS scale)."""
     store = tmp_path / "store"
-    assert not store.exists() or not any(store.rglob("*.npy"))
+    for step in ("check_properties", "run"):
+        wf = workflow([TRAIN], bundle_root=str(tmp_path), dataset_dir=str(demo_data))
+        wf.initialize()
+        with pytest.raises(Exception) as err:
+            getattr(wf, step)()
+        assert "teacher_weights" in error_chain(err.value), step
+        assert not store.exists() or not any(store.rglob("*.npy")), step
+
+
+@pytest.mark.parametrize("extra", ["multi_gpu_train.json", "in_memory_train.json"])
+def test_other_training_configs_build_the_teacher_only_in_run(extra):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(BUNDLE / "configs" / extra)])
+    assert not any("@teacher" in expr for expr in parser["initialize"])
+    assert parser["run"][0] == "$@teacher" and parser["run"][-1] == "$@train#trainer.run()"
+
+
+def test_bundle_load_with_default_train_workflow_needs_no_teacher(tmp_path, monkeypatch):
+    """``monai.bundle.load`` builds the default ``train`` workflow (``initialize`` included) to get the network:
+    it works without teacher weights and loads the checkpoint into the student network."""
+    from monai.bundle import ConfigParser, load
+
+    from diffmed_monai.networks import teacher_width
+
+    tiny = ConfigParser.load_config_file(str(TINY))
+    net_override = {k.split("#", 1)[1]: v for k, v in tiny.items() if k.startswith("network_def#")}
+    net_override["teacher_dim"] = teacher_width(tiny["teacher_arch"])
+    root = tmp_path / "bundles" / "b"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    (root / "models").mkdir()
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(TINY)])
+    state = parser.get_parsed_content("network_def").state_dict()
+    torch.save(state, root / "models" / "model.pt")
+    monkeypatch.chdir(root)
+    net = load(name="b", bundle_dir=str(tmp_path / "bundles"), source="github", device="cpu",
+               net_override=net_override)
+    loaded = net.state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 def _as_modalities(modalities: Sequence[str] | str) -> tuple[str, ...]:
     """``("t1", "t2")`` from a sequence or a comma-separated string (as command lines pass it)."""
     if isinstance(modalities, str):
-        modalities = [m for m in modalities.split(",")]
+        modalities = modalities.split(",")
     mods = tuple(str(m).strip() for m in modalities if str(m).strip())
     if not mods:
         raise ValueError("No modality given (config key `modalities`).")
