@@ -79,6 +79,15 @@ def _to_ras(array: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, order))
 
 
+def _ras_spacing(affine: np.ndarray | None) -> np.ndarray:
+    """Voxel size in mm along the R, A, S axes of the array :func:`_to_ras` returns."""
+    if affine is None:
+        return np.ones(3)
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    ornt = orientations.io_orientation(affine)
+    return spacing[np.argsort(ornt[:, 0])]
+
+
 def _window(volume: np.ndarray) -> tuple[float, float]:
     values = volume[volume != 0]
     if values.size == 0:
@@ -189,17 +198,18 @@ class SaveCasePNGd(MapTransform):
         if image.shape[1:] != pred.shape or (label is not None and label.shape != pred.shape):
             raise ValueError(f"Case {case_id}: image {image.shape[1:]}, prediction {pred.shape} and label "
                              f"{None if label is None else label.shape} are not on one grid; no picture.")
+        spacing = _ras_spacing(affine)
         centre = lesion_centre(pred) or (lesion_centre(label) if label is not None else None)
         centre = centre or tuple(s // 2 for s in pred.shape)
         present = str(d.get(self.present_key) or "+".join(self.modalities)).split("+")
-        figure = self._draw(case_id, image, pred, label, centre, present)
+        figure = self._draw(case_id, image, pred, label, centre, present, spacing)
         os.makedirs(self.output_dir, exist_ok=True)
         write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=self.dpi, metadata={"Software": PNG_SOFTWARE}))
         self.plt.close(figure)
         logger.info("Case %s: picture %s", case_id, path)
         return path
 
-    def _draw(self, case_id, image, pred, label, centre, present):
+    def _draw(self, case_id, image, pred, label, centre, present, spacing):
         plt = self.plt
         plt.switch_backend("Agg")
         colours = [_COLOURS[(c - 1) % len(_COLOURS)] for c in range(1, len(self.class_names))]
@@ -209,18 +219,22 @@ class SaveCasePNGd(MapTransform):
         cmap = ListedColormap(colours)
         maps = [("prediction", pred)] + ([("ground truth", label)] if label is not None else [])
         ncols = len(_VIEWS) * len(maps)
-        figure, axes = plt.subplots(len(self.show), ncols, figsize=(2.6 * ncols, 2.8 * len(self.show) + 0.6),
+        figure, axes = plt.subplots(len(self.show), ncols, figsize=(2.6 * ncols, 3.0 * len(self.show) + 0.8),
                                     squeeze=False)
+        sx, sy, sz = (float(v) for v in spacing)
+        aspect = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}  # rows over columns, in mm
         for row, name in enumerate(self.show):
             volume = image[self.modalities.index(name)]
             low, high = _window(volume)
             for v, view in enumerate(_VIEWS):
                 for k, (what, labels) in enumerate(maps):
                     axis = axes[row, v * len(maps) + k]
-                    axis.imshow(_cut(volume, view, centre), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+                    plane = _cut(volume, view, centre)
+                    axis.imshow(np.where(plane == 0, low, plane), cmap="gray", vmin=low, vmax=high,
+                                interpolation="nearest", aspect=aspect[view])
                     overlay = _cut(labels, view, centre)
                     axis.imshow(np.ma.masked_where(overlay <= 0, overlay - 1), cmap=cmap, vmin=0,
-                                vmax=len(colours) - 1, alpha=0.45, interpolation="nearest")
+                                vmax=len(colours) - 1, alpha=0.45, interpolation="nearest", aspect=aspect[view])
                     missing = "" if name in present else " (missing)"
                     axis.set_title(f"{name}{missing} · {view}" + (f" · {what}" if label is not None else ""),
                                    fontsize=8)
