@@ -94,8 +94,8 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     Steps: make ``num_cases`` BraTS-layout demo cases, write the datalist, preprocess them into the slice store,
     train ``epochs`` epochs from it (``train.json`` + ``configs/presets/tiny.json``: tiny Swin students and a tiny
     RANDOMLY INITIALISED DINOv3 teacher, so the run needs no weights), segment the validation cases with
-    ``inference.json`` and evaluate them with ``evaluate.json``. Prints where the label maps and the metrics CSV are,
-    and returns those paths.
+    ``inference.json`` and evaluate them with ``evaluate.json``, both with ``save_png`` (one picture per case). Prints
+    where the label maps, the metrics CSV, the pictures and ``progress.png`` are, and returns those paths.
 
     With the defaults (8 cases, 20 epochs) it takes about a minute on 2 idle CPU cores and reaches a validation mean
     Dice of about 0.74 on the synthetic cases; ``--epochs 2`` is the quickest smoke run.
@@ -121,16 +121,18 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
 
     print(f"[4/6] Inference on the validation cases -> {pred_dir}", flush=True)
     _run_bundle("inference", bundle, [configs / "inference.json", tiny], datalist_key="testing", overwrite=True,
-                output_dir=str(pred_dir), **common)
+                output_dir=str(pred_dir), save_png=True, **common)
 
     print("[5/6] Evaluation of the validation cases", flush=True)
     eval_dir = run_dir / "eval"
     _run_bundle("evaluating", bundle, [configs / "train.json", configs / "evaluate.json", tiny],
-                output_dir=str(eval_dir), **common)
+                output_dir=str(eval_dir), save_png=True, **common)
 
     labels = sorted(str(p) for p in pred_dir.glob("*.nii.gz"))
     result = {
         "label_maps": labels,
+        "pictures": sorted(str(p) for p in pred_dir.glob("*.png")),
+        "evaluation_pictures": sorted(str(p) for p in eval_dir.glob("*.png")),
         "metrics_csv": str(eval_dir / "metrics.csv"),
         "checkpoint": str(run_dir / "models" / "model.pt"),
         "tensorboard": str(run_dir / "eval" / "tensorboard"),
@@ -142,7 +144,16 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     print(f"  metrics CSV:  {result['metrics_csv']} (per-case details beside it)", flush=True)
     print(f"  checkpoint:   {result['checkpoint']}", flush=True)
     plot = Path(result["progress_plot"])
-    print(f"  progress:     {plot if plot.is_file() else 'no progress.png (pip install diffmed-monai[plots])'}", flush=True)
+    missing = "(none: pip install diffmed-monai[plots] for matplotlib)"
+    print(f"  progress:     {plot if plot.is_file() else 'no progress.png ' + missing}", flush=True)
+    print(f"  pictures ({len(result['pictures'])}, one per case, prediction on FLAIR and T1c): "
+          f"{pred_dir if result['pictures'] else missing}", flush=True)
+    for path in result["pictures"]:
+        print(f"    {path}", flush=True)
+    print(f"  evaluation pictures ({len(result['evaluation_pictures'])}, prediction beside ground truth): "
+          f"{eval_dir if result['evaluation_pictures'] else missing}", flush=True)
+    for path in result["evaluation_pictures"]:
+        print(f"    {path}", flush=True)
     return result
 
 

@@ -1,5 +1,5 @@
 """The README's main command: ``diffmed-monai demo`` runs data -> store -> training -> inference -> evaluation and
-prints where its outputs are (here shortened to 1 epoch on 4 cases)."""
+prints where its outputs are, the pictures included (here shortened to 1 epoch on 4 cases)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_command_writes_label_maps_and_metrics(tmp_path):
+def test_demo_command_writes_label_maps_metrics_and_pictures(tmp_path):
     exe = shutil.which("diffmed-monai")
     cmd = [exe] if exe else [sys.executable, "-m", "diffmed_monai.cli"]
     work = tmp_path / "demo_run"
@@ -47,3 +47,12 @@ def test_demo_command_writes_label_maps_and_metrics(tmp_path):
     assert 0.0 <= float(means["val_mean_dice"]) <= 1.0
     assert {"dice_ed", "hd95_ed", "dice_region_wt", "hd95_region_wt"} <= set(means)
     assert (work / "bundle_run" / "models" / "model.pt").is_file()
+
+    # pictures: one PNG per case from inference and from evaluation, and the training curves; all printed
+    pictures = sorted((work / "predictions").glob("*.png"))
+    evaluation = sorted((work / "bundle_run" / "eval").glob("BraTS*.png"))
+    assert [p.name for p in pictures] == [p.name for p in evaluation] == [f"{cid}.png" for cid in val_ids]
+    progress = work / "bundle_run" / "eval" / "progress.png"
+    assert progress.is_file()
+    for path in [*pictures, *evaluation, progress]:
+        assert path.read_bytes().startswith(b"\x89PNG") and str(path) in out

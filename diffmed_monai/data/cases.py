@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..transforms.io import is_own_prediction, output_path_for
+from ..transforms.pictures import is_own_png
 from .checks import check_case
 from .datalist import scan_folder
 
@@ -37,11 +38,19 @@ class InferenceCases:
     case folder (refused before any case runs, naming the key); a case whose output file already exists is refused
     (the file is left as it is) unless ``overwrite`` is true and the file is a label map this package wrote
     (:func:`~diffmed_monai.transforms.is_own_prediction`); an output path equal to one of the case's inputs is
-    always refused. A case whose volume, resampled to ``pixdim``, would exceed ``max_voxels`` (all channels) is
-    refused from its header before any memory is spent on it.
+    always refused; with ``save_png`` the same holds for its picture ``<output_dir>/<case_id>.png``. A case whose
+    volume, resampled to ``pixdim``, would exceed ``max_voxels`` (all channels) is refused from its header before
+    any memory is spent on it.
+
+    A case lacking some modality files is refused with a message naming the config key
+    ``allow_missing_modalities``; with ``allow_missing_modalities`` true it is kept (at least one modality must be
+    there): its ``image`` list has ``None`` for each missing modality (see
+    :class:`~diffmed_monai.transforms.SelectPresentModalitiesd`), and the modalities present are logged when it
+    runs and listed in :meth:`report`.
 
     Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
-    (absolute path or list of paths), ``case_id``, ``reference`` (first input path) and ``input_files``.
+    (absolute path, or list of M paths or ``None``), ``case_id``, ``reference`` (first present input path),
+    ``input_files`` (the present paths) and ``modalities_present`` (names, in ``modalities`` order).
     :meth:`run` segments them one by one, so a case failing in processing is reported and the others go on;
     :meth:`report` (the bundle's ``finalize``) logs the summary last and exits with status 1 if any case failed.
     """
@@ -58,8 +67,11 @@ class InferenceCases:
         overwrite: bool = False,
         pixdim: Sequence[float] | None = None,
         max_voxels: float = 200_000_000,
+        allow_missing_modalities: bool = False,
+        save_png: bool = False,
     ) -> None:
         self.output_dir = output_dir
+        self.modalities = [str(m) for m in modalities]
         self.failures: list[tuple[str, str]] = []
         self.valid: list[dict] = []
         self.segmented: list[str] = []
@@ -73,17 +85,20 @@ class InferenceCases:
         else:
             if not os.path.isdir(dataset_dir):
                 raise FileNotFoundError(f"Input folder {dataset_dir!r} does not exist (config key `dataset_dir`).")
-            cases, skipped = scan_folder(dataset_dir, list(modalities))
+            cases, skipped = scan_folder(dataset_dir, list(modalities), allow_missing=allow_missing_modalities)
             for folder, reason in skipped:
                 self._fail(os.path.basename(str(folder)), reason)
         _refuse_output_dir_inside_inputs(output_dir, dataset_dir, cases)
         for i, case in enumerate(cases):
             case_id = str(case.get("case_id") or _case_id_from(case.get("image"), i))
             try:
-                info = check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite)
+                info = check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite,
+                                  allow_missing_modalities=allow_missing_modalities)
                 _refuse_oversized(case_id, info, len(modalities), pixdim, max_voxels)
-                paths = case["image"] if isinstance(case["image"], list) else [case["image"]]
-                paths = [os.path.abspath(os.path.join(dataset_dir, p)) for p in paths]
+                entries = case["image"] if isinstance(case["image"], list) else [case["image"]]
+                entries = [os.path.abspath(os.path.join(dataset_dir, p)) if p else None for p in entries]
+                entries = [p if p and os.path.isfile(p) else None for p in entries]  # None: a missing modality
+                paths = [p for p in entries if p]
                 out = output_path_for(output_dir, case_id, output_postfix)
                 if os.path.realpath(out) in {os.path.realpath(p) for p in paths}:
                     raise ValueError(f"Case {case_id}: output {out} would overwrite its input; change `output_dir`.")
@@ -93,12 +108,19 @@ class InferenceCases:
                         "`output_dir`, or set `overwrite` to true to replace label maps written by an earlier run "
                         "(other files are never replaced)."
                     )
+                picture = os.path.join(output_dir, f"{case_id}.png")
+                if save_png and os.path.lexists(picture) and not (overwrite and is_own_png(picture)):
+                    raise ValueError(
+                        f"Case {case_id}: picture {picture} already exists and was left as it is; choose another "
+                        "`output_dir`, set `save_png` to false, or `overwrite` to true to replace pictures written "
+                        "by an earlier run."
+                    )
             except (ValueError, OSError) as err:
                 self._fail(case_id, str(err))
                 continue
             self.valid.append(
-                {"case_id": case_id, "image": paths if len(paths) > 1 else paths[0], "reference": paths[0],
-                 "input_files": paths}
+                {"case_id": case_id, "image": entries if len(entries) > 1 else entries[0], "reference": paths[0],
+                 "input_files": paths, "modalities_present": list(info["present"])}
             )
         logger.info("%d case(s) to segment, %d refused.", len(self.valid), len(self.failures))
 
@@ -132,7 +154,8 @@ class InferenceCases:
                 errors.clear()
                 evaluator.data_loader = DataLoader(Dataset([case], transform=transform), batch_size=1, num_workers=0)
                 evaluator.state.epoch_length = 1  # the evaluator was built for the whole list
-                logger.info("Case %s (%d/%d)", case["case_id"], index, len(self.valid))
+                logger.info("Case %s (%d/%d), modalities: %s", case["case_id"], index, len(self.valid),
+                            self._describe(case["modalities_present"]))
                 evaluator.run()
                 if not errors:
                     self.segmented.append(case["case_id"])
@@ -143,9 +166,16 @@ class InferenceCases:
         finally:
             evaluator.remove_event_handler(record, Events.EXCEPTION_RAISED)
 
+    def _describe(self, present: list[str]) -> str:
+        missing = [m for m in self.modalities if m not in present]
+        return "+".join(present) + (f" (missing: {', '.join(missing)})" if missing else " (all)")
+
     def report(self) -> None:
-        """Log the outcome last; exit with status 1 (``SystemExit``, no traceback) listing every failed case."""
-        logger.info("Label maps written to %s for %d case(s).", self.output_dir, len(self.segmented))
+        """Log the outcome last, one line per segmented case with the modalities it had; exit with status 1
+        (``SystemExit``, no traceback) listing every failed case."""
+        present = {case["case_id"]: case["modalities_present"] for case in self.valid}
+        lines = "".join(f"\n  {cid}: {self._describe(present[cid])}" for cid in self.segmented)
+        logger.info("Label maps written to %s for %d case(s):%s", self.output_dir, len(self.segmented), lines)
         if self.failures:
             details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
             raise CasesFailed(f"{len(self.failures)} case(s) could not be segmented:\n{details}")

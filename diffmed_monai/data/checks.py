@@ -1,7 +1,8 @@
 """Validation of cases before training or inference.
 
 Every failure is a :class:`CaseError` whose message names the case id, the offending file and the config key
-to change (``dataset_dir``, ``datalist``, ``modalities``, ``label_values``, ``check_finite``).
+to change (``dataset_dir``, ``datalist``, ``modalities``, ``label_values``, ``check_finite``,
+``allow_missing_modalities``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from collections.abc import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
-__all__ = ["CaseError", "check_case", "check_datalist"]
+__all__ = ["ALLOW_MISSING_KEY", "CaseError", "check_case", "check_datalist", "missing_modality_hint"]
 
 logger = logging.getLogger(__name__)
+
+#: the top-level config key that lets inference and evaluation run a case with a subset of the modality files
+ALLOW_MISSING_KEY = "allow_missing_modalities"
 
 AFFINE_ATOL = 1e-3  # mm; modalities and label of one case must share the affine to this tolerance
 
@@ -52,6 +56,14 @@ def _load(case_id: str, path: str, role: str) -> tuple[nib.spatialimages.Spatial
     return image, data
 
 
+def missing_modality_hint() -> str:
+    """The sentence every refusal of a missing modality file ends with (it names the config key)."""
+    return (
+        f"set `{ALLOW_MISSING_KEY}: true` to segment the case with the modalities present (the network is told which "
+        "are missing), or check `dataset_dir` and the paths in `datalist`"
+    )
+
+
 def _case_id(case, image_key: str) -> str:
     if isinstance(case, dict) and case.get("case_id"):
         return str(case["case_id"])
@@ -70,6 +82,7 @@ def check_case(
     label_key: str = "label",
     require_label: bool = False,
     list_name: str | None = None,
+    allow_missing_modalities: bool = False,
 ) -> dict:
     """Check one datalist entry before it is used; raise :class:`CaseError` on the first problem.
 
@@ -82,6 +95,9 @@ def check_case(
         check_finite: refuse NaN/inf voxels in float images and labels.
         require_label: refuse a case without ``label_key`` (validation and evaluation lists).
         list_name: the datalist list the case comes from, named in the messages (e.g. ``"validation"``).
+        allow_missing_modalities: a per-modality image entry that is ``None`` or names a file that does not exist
+            is a missing modality, not an error (at least one must be present; a 4D file cannot lack one). Without
+            it, a missing file is refused with a message naming the config key ``allow_missing_modalities``.
 
     Checks: every file exists and reads completely; images are 3D (X, Y, Z) (a trailing axis of size 1 is
     accepted), or one 4D file with exactly M volumes on the last axis (2D and 5D refused); M image files;
@@ -89,7 +105,8 @@ def check_case(
     ``label_values``.
 
     Returns:
-        ``{"case_id", "shape": (X, Y, Z), "affine": 4x4 ndarray, "spacing": (sx, sy, sz)}``.
+        ``{"case_id", "shape": (X, Y, Z), "affine": 4x4 ndarray, "spacing": (sx, sy, sz), "present": [names of the
+        modalities whose file is there, in ``modalities`` order]}``.
     """
     case_id = _case_id(case, image_key)
     if not isinstance(case, dict):
@@ -107,11 +124,25 @@ def check_case(
                 f"Case {case_id}: {len(entry)} image files {list(entry)} for {m} modalities {mods}; "
                 f"fix the case in `datalist` or the `modalities` list."
             )
-        files = [(_resolve(p, base_dir), f"{mod} image") for p, mod in zip(entry, mods)]
+        files, present = [], []
+        for p, mod in zip(entry, mods):
+            path = _resolve(p, base_dir) if p else None
+            if path is not None and os.path.isfile(path):
+                files.append((path, f"{mod} image"))
+                present.append(mod)
+            elif not allow_missing_modalities:
+                what = f"{mod} image file {path} does not exist" if path else f"no {mod} image file is given"
+                raise CaseError(f"Case {case_id}: {what}; {missing_modality_hint()}.")
+        if not present:
+            raise CaseError(
+                f"Case {case_id}: none of the image files {list(entry)} exists; at least one modality of {mods} is "
+                "needed (check `dataset_dir` and the paths in `datalist`)."
+            )
         four_d = False
     else:
         files = [(_resolve(entry, base_dir), "4D image" if m > 1 else f"{mods[0]} image")]
         four_d = m > 1
+        present = list(mods)
     label = case.get(label_key)
     if require_label and not label:
         where = f"the {list_name!r} list of `datalist`" if list_name else "`datalist`"
@@ -177,7 +208,8 @@ def check_case(
                     f"Case {case_id}: label file {path} has value(s) [{shown}] outside `label_values`="
                     f"{list(label_values)}; change `label_values` (dataset preset) or fix the label file."
                 )
-    return {"case_id": case_id, "shape": ref_shape, "affine": np.asarray(ref_affine), "spacing": ref_zooms}
+    return {"case_id": case_id, "shape": ref_shape, "affine": np.asarray(ref_affine), "spacing": ref_zooms,
+            "present": present}
 
 
 def check_datalist(
@@ -190,6 +222,7 @@ def check_datalist(
     image_key: str = "image",
     label_key: str = "label",
     require_label: bool = False,
+    allow_missing_modalities: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Run :func:`check_case` on every case, logging progress to this module's logger.
 
@@ -197,6 +230,7 @@ def check_datalist(
     messages name the list. ``require_label``: every case needs a label (training, validation, evaluation).
     ``strict=True`` (training): raise one ``ValueError`` listing every bad case, so nothing starts on bad data.
     ``strict=False`` (inference): return ``(good_cases, error_messages)`` for the caller to report and go on.
+    ``allow_missing_modalities``: see :func:`check_case` (evaluation of cases with a subset of the modalities).
     """
     lists = dict(cases) if isinstance(cases, Mapping) else {None: cases}
     flat = [(name, case) for name, items in lists.items() for case in items]
@@ -205,7 +239,8 @@ def check_datalist(
     logger.info("Checking %d case(s) under %s (modalities %s)", total, base_dir, list(modalities))
     for i, (name, case) in enumerate(flat, 1):
         try:
-            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label, name)
+            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label, name,
+                       allow_missing_modalities)
             good.append(case)
         except CaseError as err:
             errors.append(str(err))

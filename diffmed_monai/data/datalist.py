@@ -239,7 +239,7 @@ def scan_amos(root: str, modality: str = "ct", require_label: bool = True) -> tu
     return cases, skipped
 
 
-def scan_folder(root: str, modalities: Sequence[str]) -> tuple[list[dict], Skipped]:
+def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = False) -> tuple[list[dict], Skipped]:
     """Inference inputs under ``root`` (no labels), in two accepted forms, mixed freely:
 
     - one sub-folder per case holding one ``*_<modality>.nii(.gz)`` file per modality (BraTS naming), giving
@@ -247,7 +247,9 @@ def scan_folder(root: str, modalities: Sequence[str]) -> tuple[list[dict], Skipp
     - one 4D NIfTI per case directly in ``root``, modalities on the last axis, giving
       ``{"case_id": <file stem>, "image": "<file>"}`` (the volume count is checked by ``check_case``).
 
-    A folder with a missing or ambiguous (several matching files) modality is skipped with the reason.
+    A folder with an ambiguous (several matching files) modality is skipped with the reason; so is one with a
+    missing modality unless ``allow_missing`` (config key ``allow_missing_modalities``), which puts ``None`` in its
+    place (a folder without any modality file is still skipped).
     """
     root = _require_dir(root)
     mods = _as_modalities(modalities)
@@ -265,8 +267,15 @@ def scan_folder(root: str, modalities: Sequence[str]) -> tuple[list[dict], Skipp
                     images.append(os.path.join(entry, hits[0]))
                 elif hits:
                     problems.append(f"several *_{modality} files ({', '.join(hits)})")
+                elif allow_missing:
+                    images.append(None)
                 else:
-                    problems.append(f"no *_{modality}.nii.gz file")
+                    problems.append(
+                        f"no *_{modality}.nii.gz file (set `allow_missing_modalities: true` to segment it with the "
+                        "modalities present)"
+                    )
+            if not problems and not any(images):
+                problems.append(f"no image file of the modalities {list(mods)}")
             if problems:
                 skipped.append((path, f"case {entry}: {'; '.join(problems)}"))
                 continue

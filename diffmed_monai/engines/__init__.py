@@ -11,7 +11,14 @@ from .checkpoint import (
     write_atomic,
 )
 from .progress import ProgressPlot
-from .trainer import DiffMedTrainer, DistillationBatch, DistillationInferer, loss_parts, sample_modality_mask
+from .trainer import (
+    DiffMedTrainer,
+    DistillationBatch,
+    DistillationInferer,
+    ModalityMaskBatch,
+    loss_parts,
+    sample_modality_mask,
+)
 
 __all__ = [
     "AtomicDiskSaver",
@@ -21,6 +28,7 @@ __all__ = [
     "DiffMedTrainer",
     "DistillationBatch",
     "DistillationInferer",
+    "ModalityMaskBatch",
     "ProgressPlot",
     "ResumableCheckpoint",
     "check_checkpoint",

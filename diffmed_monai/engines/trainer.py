@@ -24,7 +24,14 @@ from torch import nn
 
 from ..losses import LOSS_PARTS
 
-__all__ = ["DiffMedTrainer", "DistillationBatch", "DistillationInferer", "loss_parts", "sample_modality_mask"]
+__all__ = [
+    "DiffMedTrainer",
+    "DistillationBatch",
+    "DistillationInferer",
+    "ModalityMaskBatch",
+    "loss_parts",
+    "sample_modality_mask",
+]
 
 
 def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, device=None, generator=None) -> torch.Tensor:
@@ -63,6 +70,25 @@ class DistillationBatch(PrepareBatch):
             mask = sample_modality_mask(plain.shape[0], plain.shape[1], self.modality_dropout, plain.device)
             image = image * mask[:, :, None, None]
         return image, label, (), {"teacher_tokens": tokens, "modality_mask": mask}
+
+
+class ModalityMaskBatch(PrepareBatch):
+    """``prepare_batch`` of inference and evaluation: the batch on the device, plus its modality mask.
+
+    Returns ``(image, label or None, (), {"modality_mask": (B, M)})`` when the batch holds ``mask_key`` (set by
+    :class:`~diffmed_monai.transforms.SelectPresentModalitiesd`), which the inferer
+    (:class:`~diffmed_monai.inferers.ForegroundSliceInferer`) passes on to the network; otherwise MONAI's default.
+    """
+
+    def __init__(self, mask_key: str = "modality_mask") -> None:
+        self.mask_key = mask_key
+
+    def __call__(self, batchdata: Any, device=None, non_blocking: bool = False, **kwargs: Any):
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        if not isinstance(batchdata, dict) or self.mask_key not in batchdata:
+            return image, label
+        mask = torch.as_tensor(batchdata[self.mask_key]).to(device=device, non_blocking=non_blocking)
+        return image, label, (), {"modality_mask": mask}
 
 
 class DistillationInferer(Inferer):

@@ -8,16 +8,29 @@ from .foreground import (
     pad_to_network,
 )
 from .io import PREDICTION_DESCRIPTION, SaveLabelNiftid, is_own_prediction, output_path_for, write_nifti_atomic
+from .modalities import FillMissingModalitiesd, SelectPresentModalitiesd, present_names
+from .pictures import PNG_SOFTWARE, SaveCasePNGd, default_png_modalities, is_own_png, lesion_centre
+from .postprocess import RelabelSmallComponentsd, relabel_small_components
 
 __all__ = [
     "CropForegroundOnGrid",
     "CropForegroundOnGridd",
+    "FillMissingModalitiesd",
     "NETWORK_GRID",
+    "PNG_SOFTWARE",
     "PREDICTION_DESCRIPTION",
+    "RelabelSmallComponentsd",
+    "SaveCasePNGd",
     "SaveLabelNiftid",
+    "SelectPresentModalitiesd",
+    "default_png_modalities",
     "is_nonzero",
+    "is_own_png",
     "is_own_prediction",
+    "lesion_centre",
     "output_path_for",
     "pad_to_network",
+    "present_names",
+    "relabel_small_components",
     "write_nifti_atomic",
 ]
