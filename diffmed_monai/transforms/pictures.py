@@ -65,6 +65,11 @@ def lesion_centre(labels: np.ndarray) -> tuple[int, int, int] | None:
     return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
+def _as_float_array(data) -> np.ndarray:
+    """A tensor or array as a float32 NumPy array (on the CPU)."""
+    return np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float32)
+
+
 def _to_ras(array: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
     """``(..., X, Y, Z)`` voxel array reordered and flipped so that its axes run toward R, A and S."""
     if affine is None:
@@ -72,7 +77,7 @@ def _to_ras(array: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
     ornt = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
     lead = array.ndim - 3
     out = array
-    for axis, (target, flip) in enumerate(ornt):  # nibabel's apply_orientation, on the last three axes
+    for axis, (_target, flip) in enumerate(ornt):  # nibabel's apply_orientation, on the last three axes
         if flip == -1:
             out = np.flip(out, axis=lead + axis)
     order = list(range(lead)) + [lead + int(i) for i in np.argsort(ornt[:, 0])]
@@ -189,12 +194,11 @@ class SaveCasePNGd(MapTransform):
                              "`output_dir` (or `overwrite` true to replace pictures written by an earlier run).")
         pred_tensor = d[key]
         affine = np.asarray(pred_tensor.affine) if isinstance(pred_tensor, MetaTensor) else None
-        as_array = lambda t: np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t, dtype=np.float32)
-        pred = _to_ras(as_array(pred_tensor)[0], affine).round().astype(np.int64)
-        image = _to_ras(as_array(d[self.image_key]), affine)
+        pred = _to_ras(_as_float_array(pred_tensor)[0], affine).round().astype(np.int64)
+        image = _to_ras(_as_float_array(d[self.image_key]), affine)
         label = None
         if self.label_key and self.label_key in d:
-            label = _to_ras(as_array(d[self.label_key])[0], affine).round().astype(np.int64)
+            label = _to_ras(_as_float_array(d[self.label_key])[0], affine).round().astype(np.int64)
         if image.shape[1:] != pred.shape or (label is not None and label.shape != pred.shape):
             raise ValueError(f"Case {case_id}: image {image.shape[1:]}, prediction {pred.shape} and label "
                              f"{None if label is None else label.shape} are not on one grid; no picture.")
