@@ -16,7 +16,8 @@ grid per case and region (ET, TC, WT): Dice, HD95 in mm (BraTS empty-case rule) 
 connected components (26-connected predicted components that touch no reference voxel of the region).
 
 Without ``--dataset_dir`` it generates ``--num_cases`` BraTS-2021-layout phantoms of 240 x 240 x 155 voxels at 1 mm
-with a zero background and thin enhancing rims (``--rim_mm``), the last ``--num_test`` held out. With
+with thin enhancing rims (``--rim_mm``), skull-stripped as BraTS images are (zero outside the intracranial space;
+``--skull_stripped False`` keeps scalp and skull), the last ``--num_test`` held out. With
 ``--dataset_dir`` the datalist's ``training`` cases train and its ``--test_key`` cases (with labels) are scored.
 There are no DINOv3 weights offline: ``--teacher tiny`` (default) distils from a tiny RANDOMLY INITIALISED teacher,
 so this measures the students, denoisers, decoder and recipe, not distillation; ``--teacher vits16 --teacher_weights
@@ -193,10 +194,11 @@ def score_case(pred_path: str, label_path: str, label_values: Sequence[int]) -> 
     return scores
 
 
-def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm, seed: int) -> Path:
+def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm, skull_stripped: bool,
+                   seed: int) -> Path:
     """Generate (or reuse, when made with the same settings) the phantoms and their datalist."""
     settings = {"num_cases": num_cases, "num_test": num_test, "shape": list(shape), "rim_mm": list(rim_mm),
-                "seed": seed}
+                "skull_stripped": bool(skull_stripped), "seed": seed}
     marker = data_dir / "phantoms.json"
     datalist = data_dir / "datalist.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings and datalist.is_file():
@@ -204,7 +206,7 @@ def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm,
         return datalist
     logger.info("Generating %d phantoms of %s voxels at 1 mm in %s", num_cases, list(shape), data_dir)
     make_demo_dataset(str(data_dir), num_cases=num_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=seed,
-                      overwrite=True, rim_mm=rim_mm)
+                      overwrite=True, rim_mm=rim_mm, skull_stripped=skull_stripped)
     datalist.unlink(missing_ok=True)
     path = prepare_datalist("brats", str(data_dir), output=str(datalist), val_fraction=num_test / num_cases, seed=seed)
     marker.write_text(json.dumps(settings))
@@ -242,6 +244,7 @@ def main(
     num_test: int = 4,
     shape: Sequence[int] = (240, 240, 155),
     rim_mm: Sequence[float] = (2.0, 5.0),
+    skull_stripped: bool = True,
     slices_per_volume: int = 32,
     teacher: str = "tiny",
     teacher_weights: str | None = None,
@@ -268,7 +271,7 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     if dataset_dir is None:
         data_dir = work / "data"
-        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, seed)
+        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, skull_stripped, seed)
         label_values = (0, 1, 2, 4)
     else:
         data_dir = Path(dataset_dir).resolve()
