@@ -23,7 +23,9 @@ There are no DINOv3 weights offline: ``--teacher tiny`` (default) distils from a
 so this measures the students, denoisers, decoder and recipe, not distillation; ``--teacher vits16 --teacher_weights
 PATH`` uses a real one.
 
-Writes ``<workdir>/quality.json`` (settings, per-model training cost, per-case and mean scores) and
+Each model's result is kept in ``<workdir>/<model>/result.json``; a rerun with the same settings reuses it (so models
+can also be run one per process, ``--models "['swinunetr2d']"``, and a last call with all of them writes the
+table). Writes ``<workdir>/quality.json`` (settings, per-model training cost, per-case and mean scores) and
 ``<workdir>/quality.md`` (the table), and prints the table.
 """
 
@@ -288,6 +290,19 @@ def main(
     results: dict = {}
     for model in models:
         run_dir = work / model
+        key = {
+            "budget_s": budget_s, "threads": threads, "presets": presets, "teacher": teacher, "data": str(data_dir),
+            "test_cases": [case_id_of(c) for c in test_cases], "slices_per_volume": slices_per_volume, "seed": seed,
+            "model_options": overrides or {} if model == "diffmed" else
+            [swinunetr_feature_size] if model == "swinunetr2d" else [segresnet_init_filters, list(patch_3d)],
+        }
+        result_file = run_dir / "result.json"
+        if result_file.is_file():
+            saved = json.loads(result_file.read_text())
+            if saved.get("key") == json.loads(json.dumps(key)):
+                logger.info("[%s] reusing the result of an earlier run with the same settings: %s", model, result_file)
+                results[model] = saved["result"]
+                continue
         train_override = dict(common, bundle_root=str(run_dir), resume=False, epochs=1_000_000,
                               val_interval=1_000_000, slices_per_volume=int(slices_per_volume), num_workers=0)
         infer_override = {k: common[k] for k in ("dataset_dir", "datalist", "teacher_arch")}
@@ -334,6 +349,7 @@ def main(
                 for r in REGIONS}
         results[model] = {"label": label, "training": budget.stats, "inference_s": round(infer_s, 1),
                           "mean": mean, "cases": per_case}
+        result_file.write_text(json.dumps({"key": key, "result": results[model]}, indent=2))
         logger.info("[%s] mean %s", model, mean)
     settings = {
         "budget_s": budget_s, "threads": threads, "presets": presets, "models": models, "teacher": teacher,

@@ -63,3 +63,11 @@ def test_quality_trains_segments_and_scores_every_model(tmp_path):
         pred = nib.load(str(tmp_path / "q" / model / "predictions" / f"{case}_seg.nii.gz"))
         ref = nib.load(str(tmp_path / "q" / "data" / case / f"{case}_seg.nii.gz"))
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+    # a rerun with the same settings reuses every model's result instead of training again
+    stamps = {m: (tmp_path / "q" / m / "models" / "model.pt").stat().st_mtime_ns for m in quality.MODELS}
+    again = quality.main(
+        workdir=str(tmp_path / "q"), presets=[str(PRESETS / "tiny.json")], budget_s=2, num_cases=3, num_test=1,
+        shape=(96, 96, 32), rim_mm=(1.0, 2.0), slices_per_volume=2, patch_3d=(32, 32, 32),
+    )
+    assert again["results"] == json.loads(json.dumps(report["results"]))
+    assert stamps == {m: (tmp_path / "q" / m / "models" / "model.pt").stat().st_mtime_ns for m in quality.MODELS}
