@@ -31,6 +31,7 @@ table). Writes ``<workdir>/quality.json`` (settings, per-model training cost, pe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -287,10 +288,14 @@ def main(
     }
     if teacher_weights is None:
         logger.info("Teacher %r RANDOMLY INITIALISED (no DINOv3 weights given): distillation is not measured.", teacher)
+    config_digest = hashlib.sha256(
+        b"".join(Path(f).read_bytes() for f in [configs / "train.json", configs / "inference.json", *preset_files])
+    ).hexdigest()
     results: dict = {}
     for model in models:
         run_dir = work / model
         key = {
+            "configs": config_digest,
             "budget_s": budget_s, "threads": threads, "presets": presets, "teacher": teacher, "data": str(data_dir),
             "test_cases": [case_id_of(c) for c in test_cases], "slices_per_volume": slices_per_volume, "seed": seed,
             "model_options": overrides or {} if model == "diffmed" else
