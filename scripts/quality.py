@@ -227,7 +227,7 @@ def _markdown(results: dict, settings: dict) -> str:
     for model, res in results.items():
         mean = res["mean"]
         cost = res["training"]
-        dice = " / ".join(f"{mean[r]['dice']:.3f}" for r in REGIONS)
+        dice = " / ".join(f"{mean[r]['dice']:.4f}" for r in REGIONS)
         hd = " / ".join(f"{mean[r]['hd95']:.1f}" for r in REGIONS)
         fp = " / ".join(f"{mean[r]['fp_components']:.1f}" for r in REGIONS)
         lines.append(f"| {res['label']} | {cost['iterations']} ({cost['cpu_s']} / {cost['wall_s']}) | {dice} | {hd} | {fp} |")
