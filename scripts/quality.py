@@ -16,18 +16,22 @@ grid per case and region (ET, TC, WT): Dice, HD95 in mm (BraTS empty-case rule) 
 connected components (26-connected predicted components that touch no reference voxel of the region).
 
 Without ``--dataset_dir`` it generates ``--num_cases`` BraTS-2021-layout phantoms of 240 x 240 x 155 voxels at 1 mm
-with a zero background and thin enhancing rims (``--rim_mm``), the last ``--num_test`` held out. With
+with thin enhancing rims (``--rim_mm``), skull-stripped as BraTS images are (zero outside the intracranial space;
+``--skull_stripped False`` keeps scalp and skull), the last ``--num_test`` held out. With
 ``--dataset_dir`` the datalist's ``training`` cases train and its ``--test_key`` cases (with labels) are scored.
 There are no DINOv3 weights offline: ``--teacher tiny`` (default) distils from a tiny RANDOMLY INITIALISED teacher,
 so this measures the students, denoisers, decoder and recipe, not distillation; ``--teacher vits16 --teacher_weights
 PATH`` uses a real one.
 
-Writes ``<workdir>/quality.json`` (settings, per-model training cost, per-case and mean scores) and
+Each model's result is kept in ``<workdir>/<model>/result.json``; a rerun with the same settings reuses it (so models
+can also be run one per process, ``--models "['swinunetr2d']"``, and a last call with all of them writes the
+table). Writes ``<workdir>/quality.json`` (settings, per-model training cost, per-case and mean scores) and
 ``<workdir>/quality.md`` (the table), and prints the table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -193,10 +197,11 @@ def score_case(pred_path: str, label_path: str, label_values: Sequence[int]) -> 
     return scores
 
 
-def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm, seed: int) -> Path:
+def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm, skull_stripped: bool,
+                   seed: int) -> Path:
     """Generate (or reuse, when made with the same settings) the phantoms and their datalist."""
     settings = {"num_cases": num_cases, "num_test": num_test, "shape": list(shape), "rim_mm": list(rim_mm),
-                "seed": seed}
+                "skull_stripped": bool(skull_stripped), "seed": seed}
     marker = data_dir / "phantoms.json"
     datalist = data_dir / "datalist.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings and datalist.is_file():
@@ -204,7 +209,7 @@ def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm,
         return datalist
     logger.info("Generating %d phantoms of %s voxels at 1 mm in %s", num_cases, list(shape), data_dir)
     make_demo_dataset(str(data_dir), num_cases=num_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=seed,
-                      overwrite=True, rim_mm=rim_mm)
+                      overwrite=True, rim_mm=rim_mm, skull_stripped=skull_stripped)
     datalist.unlink(missing_ok=True)
     path = prepare_datalist("brats", str(data_dir), output=str(datalist), val_fraction=num_test / num_cases, seed=seed)
     marker.write_text(json.dumps(settings))
@@ -222,7 +227,7 @@ def _markdown(results: dict, settings: dict) -> str:
     for model, res in results.items():
         mean = res["mean"]
         cost = res["training"]
-        dice = " / ".join(f"{mean[r]['dice']:.3f}" for r in REGIONS)
+        dice = " / ".join(f"{mean[r]['dice']:.4f}" for r in REGIONS)
         hd = " / ".join(f"{mean[r]['hd95']:.1f}" for r in REGIONS)
         fp = " / ".join(f"{mean[r]['fp_components']:.1f}" for r in REGIONS)
         lines.append(f"| {res['label']} | {cost['iterations']} ({cost['cpu_s']} / {cost['wall_s']}) | {dice} | {hd} | {fp} |")
@@ -242,6 +247,7 @@ def main(
     num_test: int = 4,
     shape: Sequence[int] = (240, 240, 155),
     rim_mm: Sequence[float] = (2.0, 5.0),
+    skull_stripped: bool = True,
     slices_per_volume: int = 32,
     teacher: str = "tiny",
     teacher_weights: str | None = None,
@@ -268,7 +274,7 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     if dataset_dir is None:
         data_dir = work / "data"
-        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, seed)
+        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, skull_stripped, seed)
         label_values = (0, 1, 2, 4)
     else:
         data_dir = Path(dataset_dir).resolve()
@@ -282,9 +288,26 @@ def main(
     }
     if teacher_weights is None:
         logger.info("Teacher %r RANDOMLY INITIALISED (no DINOv3 weights given): distillation is not measured.", teacher)
+    config_digest = hashlib.sha256(
+        b"".join(Path(f).read_bytes() for f in [configs / "train.json", configs / "inference.json", *preset_files])
+    ).hexdigest()
     results: dict = {}
     for model in models:
         run_dir = work / model
+        key = {
+            "configs": config_digest,
+            "budget_s": budget_s, "threads": threads, "presets": presets, "teacher": teacher, "data": str(data_dir),
+            "test_cases": [case_id_of(c) for c in test_cases], "slices_per_volume": slices_per_volume, "seed": seed,
+            "model_options": overrides or {} if model == "diffmed" else
+            [swinunetr_feature_size] if model == "swinunetr2d" else [segresnet_init_filters, list(patch_3d)],
+        }
+        result_file = run_dir / "result.json"
+        if result_file.is_file():
+            saved = json.loads(result_file.read_text())
+            if saved.get("key") == json.loads(json.dumps(key)):
+                logger.info("[%s] reusing the result of an earlier run with the same settings: %s", model, result_file)
+                results[model] = saved["result"]
+                continue
         train_override = dict(common, bundle_root=str(run_dir), resume=False, epochs=1_000_000,
                               val_interval=1_000_000, slices_per_volume=int(slices_per_volume), num_workers=0)
         infer_override = {k: common[k] for k in ("dataset_dir", "datalist", "teacher_arch")}
@@ -331,6 +354,7 @@ def main(
                 for r in REGIONS}
         results[model] = {"label": label, "training": budget.stats, "inference_s": round(infer_s, 1),
                           "mean": mean, "cases": per_case}
+        result_file.write_text(json.dumps({"key": key, "result": results[model]}, indent=2))
         logger.info("[%s] mean %s", model, mean)
     settings = {
         "budget_s": budget_s, "threads": threads, "presets": presets, "models": models, "teacher": teacher,

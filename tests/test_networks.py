@@ -20,11 +20,11 @@ def make_net(modalities=("t1", "t1ce", "t2", "flair"), **kw):
     return DiffMedDINOv3(modalities=modalities, num_classes=4, **args)
 
 
-@pytest.mark.parametrize("decoder", ["mlp", "mlp_multiscale"])
+@pytest.mark.parametrize("decoder,full_resolution", [("mlp", 0), ("mlp_multiscale", 0), ("mlp_multiscale", 8)])
 @pytest.mark.parametrize("m", [1, 3, 4])
-def test_shapes(m, decoder):
+def test_shapes(m, decoder, full_resolution):
     torch.manual_seed(0)
-    net = make_net(modalities=[f"mod{i}" for i in range(m)], decoder=decoder)
+    net = make_net(modalities=[f"mod{i}" for i in range(m)], decoder=decoder, decoder_full_resolution=full_resolution)
     x = torch.randn(2, m, 64, 48)
     assert net(x).shape == (2, 4, 64, 48)
     out = net.training_outputs(x)
@@ -154,9 +154,10 @@ def test_schedule_noising_matches_closed_form():
                           + (1 - abar[t]).sqrt().view(3, 1, 1, 1, 1) * noise, atol=1e-5)
 
 
-def test_modality_mask_removes_absent_modality():
+@pytest.mark.parametrize("full_resolution", [0, 8])
+def test_modality_mask_removes_absent_modality(full_resolution):
     torch.manual_seed(0)
-    net = make_net().eval()
+    net = make_net(decoder_full_resolution=full_resolution).eval()
     x = torch.randn(2, 4, 32, 32)
     mask = net.modality_mask_for(["t1", "t2", "flair"], batch_size=2)
     assert mask.tolist() == [[1, 0, 1, 1]] * 2
@@ -201,6 +202,8 @@ def test_bad_input_is_refused():
         make_net(seg_timestep=0)
     with pytest.raises(ValueError, match="decoder"):
         make_net(decoder="unet")
+    with pytest.raises(ValueError, match="decoder_full_resolution"):
+        make_net(decoder="mlp", decoder_full_resolution=8)
     loss_fn = DiffMedLoss(num_modalities=4, teacher_dim=64)
     out = net(torch.randn(1, 4, 32, 32), return_training_outputs=True)
     with pytest.raises(ValueError, match="teacher_dim"):

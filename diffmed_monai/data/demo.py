@@ -89,6 +89,7 @@ def make_demo_case(
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
     return_tissue: bool = False,
     rim_mm: Sequence[float] | None = None,
+    skull_stripped: bool = False,
 ):
     """One synthetic head with a tumour.
 
@@ -100,6 +101,8 @@ def make_demo_case(
         rim_mm: ``(min, max)`` thickness in mm of the enhancing rim around the necrotic core, drawn per case
             (e.g. ``(2, 5)``: thin rims as in real glioblastomas); default: a core-relative rim (about 10 mm at 1 mm
             spacing).
+        skull_stripped: zero everything outside the intracranial space (brain and CSF), as in the skull-stripped
+            images BraTS distributes; default: the whole head, scalp and skull included.
 
     Returns:
         ``(images, seg)`` or ``(images, seg, tissue)``: ``images`` maps each of :data:`DEMO_MODALITIES` to an
@@ -124,6 +127,7 @@ def make_demo_case(
     tissue[head] = _SCALP
     tissue[r < 0.95] = _SKULL
     tissue[r < 0.89] = _CSF
+    kept = (r < 0.89) if skull_stripped else head  # the voxels that keep their signal
     rb = r / 0.85  # brain radius; < 1 inside the brain
     brain = rb < 1.0
     folds = 0.07 * _smooth_field(rng, shape, 20)  # gyri-like cortical thickness variation
@@ -175,7 +179,7 @@ def make_demo_case(
         volume = ndimage.gaussian_filter(signal[tissue, m], 0.6, truncate=3.0)[None]
         volume = np.asarray(noise(bias(volume)), dtype=np.float32)[0]
         volume *= np.float32(1000.0 * rng.uniform(0.8, 1.25))
-        volume[~head] = 0.0
+        volume[~kept] = 0.0
         images[modality] = volume
     return (images, seg, tissue) if return_tissue else (images, seg)
 
@@ -189,6 +193,7 @@ def make_demo_dataset(
     overwrite: bool = False,
     layout: str = "brats2021",
     rim_mm: Sequence[float] | None = None,
+    skull_stripped: bool = False,
 ) -> list[str]:
     """Write ``num_cases`` synthetic cases in a BraTS layout and return their folders.
 
@@ -197,7 +202,7 @@ def make_demo_dataset(
     seg labels {0, 1 NETC, 2 SNFH, 3 ET}. Images float32 ``(X, Y, Z) = shape``, seg uint8. The affine is :func:`demo_affine`:
     ``diag(-sx, -sy, sz)``, LPS voxel order as in BraTS files. Case ``i`` uses seed ``seed * 1000 + i``, so the
     output is deterministic. An existing case folder is a ``ValueError`` unless ``overwrite=True`` (then it is
-    replaced). ``rim_mm``: enhancing-rim thickness range, see :func:`make_demo_case`.
+    replaced). ``rim_mm``, ``skull_stripped``: see :func:`make_demo_case`.
     """
     if int(num_cases) < 1:
         raise ValueError(f"num_cases must be >= 1, got {num_cases}.")
@@ -220,7 +225,8 @@ def make_demo_dataset(
         if os.path.exists(folder):
             shutil.rmtree(folder) if os.path.isdir(folder) else os.remove(folder)
         os.makedirs(folder)
-        images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing, rim_mm=rim_mm)
+        images, seg = make_demo_case(shape, seed=seed * 1000 + i, spacing=spacing, rim_mm=rim_mm,
+                                     skull_stripped=skull_stripped)
         seg = np.asarray(labels, np.uint8)[np.searchsorted(DEMO_LABELS, seg)]
         for modality, name in zip(DEMO_MODALITIES, names):
             nib.save(nib.Nifti1Image(images[modality], affine), os.path.join(folder, f"{case_id}{sep}{name}.nii.gz"))

@@ -47,6 +47,9 @@ class DiffMedDINOv3(nn.Module):
         max_train_timestep: largest t sampled for the KD loss (default: ``num_train_timesteps - 1``).
         decoder: ``"mlp"`` (paper) or ``"mlp_multiscale"`` (also uses the stride-4/8 student maps).
         decoder_dim: decoder embedding width.
+        decoder_full_resolution: channels of the ``mlp_multiscale`` decoder's full-resolution path, a residual
+            convolution block on the input slices whose features refine the upsampled decoder map (0: off, the
+            decoder sees stride 4 at its finest). Absent modalities enter it as zero channels.
         use_checkpoint: gradient checkpointing in the Swin students.
         check_inputs: validate shapes at each call, and in eval mode finiteness too (a host sync; training
             data is checked before training starts); skipped while tracing or compiling.
@@ -82,6 +85,7 @@ class DiffMedDINOv3(nn.Module):
         max_train_timestep: int | None = None,
         decoder: str = "mlp_multiscale",
         decoder_dim: int = 256,
+        decoder_full_resolution: int = 0,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         check_inputs: bool = True,
@@ -133,7 +137,7 @@ class DiffMedDINOv3(nn.Module):
         self.decoder_name = decoder
         self.decoder = build_decoder(
             decoder, in_channels=m * teacher_dim, num_classes=num_classes, skip_channels=(m * c8, m * c4),
-            embed_dim=decoder_dim,
+            embed_dim=decoder_dim, image_channels=m, full_resolution_channels=decoder_full_resolution,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -198,9 +202,14 @@ class DiffMedDINOv3(nn.Module):
         sab = self.sqrt_alpha_bar[t]
         return torch.stack([den(u[:, i], t, sab) for i, den in enumerate(self.denoisers)], dim=1)
 
-    def decode(self, denoised: torch.Tensor, skips, out_size) -> torch.Tensor:
-        """``(B, M, d, h, w)`` denoised features (+ skips) -> ``(B, n_class, H, W)`` logits."""
-        return self.decoder(denoised.flatten(1, 2), skips, out_size)
+    def decode(
+        self, denoised: torch.Tensor, skips, image: torch.Tensor, modality_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, M, d, h, w)`` denoised features (+ skips, + the ``(B, M, H, W)`` input slices for the
+        full-resolution path, absent modalities zeroed) -> ``(B, n_class, H, W)`` logits."""
+        if modality_mask is not None:
+            image = image * modality_mask.to(image.dtype)[:, :, None, None]
+        return self.decoder(denoised.flatten(1, 2), skips, image.shape[-2:], image=image)
 
     def training_outputs(
         self,
@@ -237,7 +246,7 @@ class DiffMedDINOv3(nn.Module):
         u0, skips = self.encode(image, modality_mask)
         t_seg = torch.full((b,), self.seg_timestep, dtype=torch.long, device=image.device)
         denoised = self.denoise(u0, t_seg)
-        pred = self.decode(denoised, skips, image.shape[-2:])
+        pred = self.decode(denoised, skips, image, modality_mask)
         if not return_training_outputs:
             return pred
         if timesteps is None:
