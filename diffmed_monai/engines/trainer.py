@@ -76,7 +76,7 @@ class ModalityMaskBatch(PrepareBatch):
     """``prepare_batch`` of inference and evaluation: the batch on the device, plus its modality mask.
 
     Returns ``(image, label or None, (), {"modality_mask": (B, M)})`` when the batch holds ``mask_key`` (set by
-    :class:`~diffmed_monai.transforms.SelectPresentModalitiesd`), which the inferer
+    :class:`~diffmed_monai.transforms.SelectPresentModalitiesd`) and it marks a modality absent, which the inferer
     (:class:`~diffmed_monai.inferers.ForegroundSliceInferer`) passes on to the network; otherwise MONAI's default.
     """
 
@@ -87,8 +87,10 @@ class ModalityMaskBatch(PrepareBatch):
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if not isinstance(batchdata, dict) or self.mask_key not in batchdata:
             return image, label
-        mask = torch.as_tensor(batchdata[self.mask_key]).to(device=device, non_blocking=non_blocking)
-        return image, label, (), {"modality_mask": mask}
+        mask = torch.as_tensor(batchdata[self.mask_key])
+        if bool((mask > 0).all()):  # every modality present: exactly MONAI's default (any network works)
+            return image, label
+        return image, label, (), {"modality_mask": mask.to(device=device, non_blocking=non_blocking)}
 
 
 class DistillationInferer(Inferer):
