@@ -107,7 +107,8 @@ def _peer_overrides(model: str, patch_3d: Sequence[int], feature_size: int, init
             "loss": _DICE_CE,
             "train#trainer": _SUPERVISED_TRAINER,
             "train#dataset": {
-                "_target_": "diffmed_monai.data.StoreVolumeDataset", "data": "@train#datalist", "store": "@store",
+                "_target_": "diffmed_monai.data.StoreVolumeDataset", "data": "@train#datalist",
+                "store": "@prepared_store",
                 "transform": {"_target_": "Compose", "transforms": volume_transforms},
                 "base_dir": "@dataset_dir", "datalist_key": "train#datalist",
             },
