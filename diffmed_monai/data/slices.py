@@ -86,7 +86,25 @@ class StoreVolumes(Sequence):
         }
 
 
-class StoreSliceDataset(Dataset):
+class _StoreDataset(Dataset):
+    """MONAI ``Dataset`` over a read-only view (:attr:`view`) of the datalist's cases in the store."""
+
+    view: type
+    default_datalist_key: str
+
+    def __init__(
+        self,
+        data: Sequence[Mapping],
+        store: SliceStore,
+        transform: Callable | None = None,
+        base_dir: str | None = None,
+        datalist_key: str | None = None,
+    ) -> None:
+        key = datalist_key or self.default_datalist_key
+        super().__init__(data=self.view(store, store.records(data, base_dir, key=key)), transform=transform)
+
+
+class StoreSliceDataset(_StoreDataset):
     """Training slices of the datalist's cases, read from the store; ``transform`` applied per slice.
 
     Args:
@@ -102,15 +120,8 @@ class StoreSliceDataset(Dataset):
     sampler from the store's per-slice label statistics.
     """
 
-    def __init__(
-        self,
-        data: Sequence[Mapping],
-        store: SliceStore,
-        transform: Callable | None = None,
-        base_dir: str | None = None,
-        datalist_key: str = "train#datalist",
-    ) -> None:
-        super().__init__(data=StoreSlices(store, store.records(data, base_dir, key=datalist_key)), transform=transform)
+    view = StoreSlices
+    default_datalist_key = "train#datalist"
 
     def sampling_weights(self, labelled_ratio: float) -> np.ndarray:
         """``(S,)`` float64 slice weights that pick slices as ``RandCropByPosNegLabeld(pos=labelled_ratio, neg=1)``
@@ -134,19 +145,12 @@ class StoreSliceDataset(Dataset):
         return weights if weights.sum() > 0 else np.full(len(fg), 1.0 / max(len(fg), 1))
 
 
-class StoreVolumeDataset(Dataset):
+class StoreVolumeDataset(_StoreDataset):
     """Validation volumes of the datalist's cases, read from the store (brain crop, ``(M, X, Y, Z)``).
 
     Args as :class:`StoreSliceDataset` (``transform`` sees ``{"image": (M, X, Y, Z) float16, "label":
     (1, X, Y, Z) uint8, "case_id"}``).
     """
 
-    def __init__(
-        self,
-        data: Sequence[Mapping],
-        store: SliceStore,
-        transform: Callable | None = None,
-        base_dir: str | None = None,
-        datalist_key: str = "validate#datalist",
-    ) -> None:
-        super().__init__(data=StoreVolumes(store, store.records(data, base_dir, key=datalist_key)), transform=transform)
+    view = StoreVolumes
+    default_datalist_key = "validate#datalist"
