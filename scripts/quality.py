@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.metrics import compute_dice
 from scipy import ndimage
 
 from diffmed_monai.cli import BUNDLE_DIR
@@ -190,9 +191,9 @@ def score_case(pred_path: str, label_path: str, label_values: Sequence[int]) -> 
     hd95 = HausdorffDistance95(spacing=spacing, empty="brats")
     scores = {}
     for name, (p, r) in zip(REGIONS, zip(_regions(pred, label_values).values(), _regions(label, label_values).values())):
-        both = p.sum() + r.sum()
-        dice = 1.0 if both == 0 else float(2 * (p & r).sum() / both)
-        distance = hd95(torch.as_tensor(p)[None, None], torch.as_tensor(r)[None, None])
+        p_t, r_t = torch.as_tensor(p)[None, None], torch.as_tensor(r)[None, None]
+        dice = float(compute_dice(p_t, r_t, include_background=True, ignore_empty=False))  # both empty: 1 (BraTS)
+        distance = hd95(p_t, r_t)
         scores[name] = {"dice": dice, "hd95": float(distance.item()), "fp_components": _false_positive_components(p, r)}
         hd95.reset()
     return scores
