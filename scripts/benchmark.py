@@ -174,18 +174,18 @@ class PeakMemory:
 
 
 def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
-    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice of one iteration."""
-    loader = trainer.data_loader
-    steps = len(loader)
-    trainer.data_loader = loader[:1]
+    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted over one epoch.
+
+    (The count runs the whole epoch: Ignite keeps the engine's ``epoch_length`` and would cycle a shorter loader.)
+    """
+    steps = len(trainer.data_loader)
     flops = count_flops(trainer.run)
-    trainer.data_loader = loader
     with PeakMemory(trainer.state.device) as mem:
         seconds = median_seconds(trainer.run, repeats, warmup)
     return {
         "slices_per_s": steps * batch_size / seconds,
         "seconds_per_step": seconds / steps,
-        "flops_per_slice": flops / batch_size,
+        "flops_per_slice": flops / (steps * batch_size),
         "peak_mem_gb": mem.gb,
     }
 

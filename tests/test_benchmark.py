@@ -41,6 +41,16 @@ def test_benchmark_trains_with_the_bundles_trainer_and_network():
     assert isinstance(trainer.total_loss, DiffMedLoss)
 
 
+def test_training_flops_per_slice_do_not_depend_on_the_number_of_steps():
+    per_slice = []
+    for steps in (1, 3):
+        batches = benchmark.synthetic_batches(steps, 2, 4, 4, 32)
+        trainer = benchmark.build_diffmed_trainer(["tiny"], batches, torch.device("cpu"), amp=False)
+        per_slice.append(benchmark.time_training(trainer, 2, repeats=1, warmup=0)["flops_per_slice"])
+    assert per_slice[0] > 0
+    assert per_slice[1] == pytest.approx(per_slice[0], rel=0.01)
+
+
 def test_benchmark_end_to_end_tiny(tmp_path):
     out = tmp_path / "sub" / "bench.json"
     result = benchmark.run_benchmark(
