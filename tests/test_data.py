@@ -245,6 +245,17 @@ def test_scan_folder(tmp_path):
     assert scan_folder(str(tmp_path), "t1,t1ce,t2,flair")[0] == cases  # comma-separated modalities
 
 
+def test_scan_folder_reads_brats2023_names(tmp_path):
+    mods = ["t1n", "t1c", "t2w", "t2f"]
+    for m in [*mods, "seg"]:
+        _nifti(tmp_path / "BraTS-GLI-00000-000" / f"BraTS-GLI-00000-000-{m}.nii.gz")
+    _nifti(tmp_path / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz")
+    cases, skipped = scan_folder(str(tmp_path), mods)
+    assert cases == [{"case_id": "BraTS-GLI-00000-000",
+                      "image": [os.path.join("BraTS-GLI-00000-000", f"BraTS-GLI-00000-000-{m}.nii.gz") for m in mods]}]
+    assert "no *_t1c.nii.gz or *-t1c.nii.gz" in skipped[0][1]
+
+
 def test_split_is_deterministic():
     cases = [{"case_id": f"c{i:02d}"} for i in range(10)]
     train, val = split_cases(cases, 0.2, seed=3)

@@ -242,7 +242,8 @@ def scan_amos(root: str, modality: str = "ct", require_label: bool = True) -> tu
 def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = False) -> tuple[list[dict], Skipped]:
     """Inference inputs under ``root`` (no labels), in two accepted forms, mixed freely:
 
-    - one sub-folder per case holding one ``*_<modality>.nii(.gz)`` file per modality (BraTS naming), giving
+    - one sub-folder per case holding one ``*_<modality>.nii(.gz)`` (BraTS 2018-2021) or ``*-<modality>.nii(.gz)``
+      (BraTS 2023 onward: ``BraTS-GLI-00000-000-t1n.nii.gz``) file per modality, giving
       ``{"case_id": <folder>, "image": ["<folder>/<file>", ...]}`` in ``modalities`` order;
     - one 4D NIfTI per case directly in ``root``, modalities on the last axis, giving
       ``{"case_id": <file stem>, "image": "<file>"}`` (the volume count is checked by ``check_case``).
@@ -262,16 +263,16 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
             files = sorted(f for f in os.listdir(path) if _is_nifti(f))
             images, problems = [], []
             for modality in mods:
-                hits = [f for f in files if _strip_ext(f).endswith(f"_{modality}")]
+                hits = [f for f in files if _strip_ext(f).endswith((f"_{modality}", f"-{modality}"))]
                 if len(hits) == 1:
                     images.append(os.path.join(entry, hits[0]))
                 elif hits:
-                    problems.append(f"several *_{modality} files ({', '.join(hits)})")
+                    problems.append(f"several *_{modality} or *-{modality} files ({', '.join(hits)})")
                 elif allow_missing:
                     images.append(None)
                 else:
                     problems.append(
-                        f"no *_{modality}.nii.gz file (set `allow_missing_modalities: true` to segment it with the "
+                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `allow_missing_modalities: true` to segment it with the "
                         "modalities present)"
                     )
             if not problems and not any(images):
