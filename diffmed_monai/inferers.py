@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-__all__ = ["FLIP_DIMS", "ForegroundSliceInferer", "SliceNetwork"]
+__all__ = ["FLIP_DIMS", "ForegroundSliceInferer", "SliceNetwork", "cpu_has_native_bf16"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,19 @@ SKIPPED_SLICE_LOGIT = -1e4
 
 #: the in-plane flips of the test-time mirroring of a ``(N, M, H, W)`` slice batch: none, H, W, both (nnU-Net 2D)
 FLIP_DIMS = ((), (2,), (3,), (2, 3))
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``; Linux
+    only, ``False`` elsewhere). The default of the config key ``cpu_bf16``: without these instructions bf16
+    autocast on a CPU is emulated and no faster than float32.
+    """
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class SliceNetwork:
@@ -32,22 +45,32 @@ class SliceNetwork:
     flipped back, turned into probabilities (softmax over C) and averaged, as nnU-Net mirrors. The result is
     returned as log-probabilities, so a later softmax (the bundle's ``Activationsd``) gives exactly the mean
     probability and argmax is unchanged.
+    ``cpu_bf16``: on a CPU, the network runs under bf16 autocast and its output is returned as float32 (on CUDA
+    MONAI's evaluators autocast already, config key ``amp``).
     """
 
     def __init__(self, network: Callable[..., torch.Tensor], modality_mask: torch.Tensor | None = None,
-                 flip_tta: bool = False) -> None:
+                 flip_tta: bool = False, cpu_bf16: bool = False) -> None:
         self.network = network
         self.modality_mask = modality_mask
         self.flip_tta = bool(flip_tta)
+        self.cpu_bf16 = bool(cpu_bf16)
+
+    def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not (self.cpu_bf16 and x.device.type == "cpu"):
+            return self.network(x, *args, **kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.network(x, *args, **kwargs)
+        return out.float()
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.modality_mask is not None:
             kwargs["modality_mask"] = self.modality_mask.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1)
         if not self.flip_tta:
-            return self.network(x, *args, **kwargs)
+            return self._run(x, *args, **kwargs)
         total = None
         for dims in FLIP_DIMS:
-            out = self.network(torch.flip(x, dims) if dims else x, *args, **kwargs)
+            out = self._run(torch.flip(x, dims) if dims else x, *args, **kwargs)
             prob = torch.softmax((torch.flip(out, dims) if dims else out).float(), dim=1)
             total = prob if total is None else total + prob
         return torch.log((total / len(FLIP_DIMS)).clamp_min(1e-12)).to(out.dtype)
@@ -72,6 +95,14 @@ class ForegroundSliceInferer(SliceInferer):
         roi_size: in-plane window; non-positive entries take the slice's size.
         flip_tta: test-time mirroring (config key ``flip_tta``): each slice batch also runs flipped along each
             in-plane axis and both, the softmax outputs are averaged (:class:`SliceNetwork`); 4x the network calls.
+        cpu_bf16: on a CPU, run the network under bf16 autocast (config key ``cpu_bf16``; see
+            :func:`cpu_has_native_bf16` and ``docs/benchmarks.md`` for speed and agreement with float32).
+        crop_slices: with ``skip_empty``, each slice with foreground runs cropped to its own non-zero box, grown to
+            the ``slice_multiple``-px grid of the slice (config key ``crop_slices``): a brain's top and bottom slices
+            are much smaller than its widest one. Outside the box the output is background, as on skipped slices.
+            Slices of one box size are batched together. Needs the whole slice as window (``roi_size`` (-1, -1)).
+        slice_multiple: the grid of ``crop_slices`` (the network's input multiple, 16 for DiffMedDINOv3); the
+            slices' in-plane size must be a multiple of it (``pad_to_network`` does that).
         kwargs: other ``SliceInferer`` / ``SlidingWindowInferer`` arguments (``overlap``, ``mode``, ...), except
             ``sw_batch_size``, which ``max_batch_pixels`` sets.
 
@@ -89,6 +120,9 @@ class ForegroundSliceInferer(SliceInferer):
         spatial_dim: int = 2,
         roi_size: Sequence[int] = (-1, -1),
         flip_tta: bool = False,
+        cpu_bf16: bool = False,
+        crop_slices: bool = False,
+        slice_multiple: int = 16,
         **kwargs: Any,
     ) -> None:
         if "sw_batch_size" in kwargs:
@@ -103,6 +137,14 @@ class ForegroundSliceInferer(SliceInferer):
         self.max_batch_pixels = int(max_batch_pixels)
         self.skip_empty = bool(skip_empty)
         self.flip_tta = bool(flip_tta)
+        self.cpu_bf16 = bool(cpu_bf16)
+        self.crop_slices = bool(crop_slices)
+        self.slice_multiple = int(slice_multiple)
+        if self.crop_slices and (any(r > 0 for r in self.orig_roi_size) or self.slice_multiple < 1):
+            raise ValueError(
+                f"`crop_slices` runs whole slices: it needs roi_size (-1, -1) (got {list(self.orig_roi_size)}) and a "
+                f"positive `slice_multiple` (got {slice_multiple})."
+            )
 
     def slices_per_call(self, inputs: torch.Tensor) -> int:
         """Slices per network call for ``inputs`` ``(B, M, H, W, D)``: the budget over one window's pixels."""
@@ -137,7 +179,7 @@ class ForegroundSliceInferer(SliceInferer):
         **kwargs: Any,
     ) -> torch.Tensor:
         """Logits ``(B, num_classes, H, W, D)`` of ``network`` over the slices of ``inputs`` ``(B, M, H, W, D)``."""
-        network = SliceNetwork(network, self._mask_row(modality_mask, inputs), self.flip_tta)
+        network = SliceNetwork(network, self._mask_row(modality_mask, inputs), self.flip_tta, self.cpu_bf16)
         self.sw_batch_size = self.slices_per_call(inputs)
         if not self.skip_empty:
             return super().__call__(inputs, network, *args, **kwargs)
@@ -145,7 +187,7 @@ class ForegroundSliceInferer(SliceInferer):
         keep = self.occupied_slices(inputs).to(inputs.device)
         total = inputs.shape[axis]
         logger.debug("%d of %d slices hold foreground; %d per network call", len(keep), total, self.sw_batch_size)
-        if len(keep) == total:
+        if len(keep) == total and not self.crop_slices:
             return super().__call__(inputs, network, *args, **kwargs)
         meta = MetaTensor([]).copy_meta_from(inputs, copy_attr=False) if isinstance(inputs, MetaTensor) else None
         x = convert_to_tensor(inputs, track_meta=False)
@@ -153,12 +195,52 @@ class ForegroundSliceInferer(SliceInferer):
         shape[1] = self.num_classes
         out = torch.full(shape, SKIPPED_SLICE_LOGIT, dtype=x.dtype, device=x.device)
         out[:, 0] = 0.0
-        if len(keep):
-            kept = super().__call__(x.index_select(axis, keep), network, *args, **kwargs)
-            if not isinstance(kept, torch.Tensor) or kept.shape[1] != self.num_classes:
-                raise ValueError(
-                    f"The network must return one tensor of `num_classes`={self.num_classes} channels; got "
-                    f"{tuple(kept.shape) if isinstance(kept, torch.Tensor) else type(kept).__name__}."
-                )
+        if len(keep) and self.crop_slices:
+            self._run_cropped_slices(x, out, keep, network, *args, **kwargs)
+        elif len(keep):
+            kept = self._checked(super().__call__(x.index_select(axis, keep), network, *args, **kwargs))
             out.index_copy_(axis, keep, convert_to_tensor(kept, track_meta=False).to(out.dtype))
         return convert_to_dst_type(out, meta if meta is not None else x)[0]
+
+    def _checked(self, logits: Any) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor) or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"The network must return one tensor of `num_classes`={self.num_classes} channels; got "
+                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}."
+            )
+        return logits
+
+    def slice_boxes(self, inputs: torch.Tensor, keep: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """In-plane box ``(p0, p1, q0, q1)`` of each slice in ``keep``: its non-zero voxels (any batch item and
+        channel of ``inputs`` ``(B, M, H, W, D)``), grown outwards to the ``slice_multiple``-px grid."""
+        k = self.slice_multiple
+        x = convert_to_tensor(inputs, track_meta=False)
+        occupied = x.ne(0).any(dim=1).any(dim=0).movedim(self.spatial_dim, 0)[keep]  # (n, P, Q)
+        boxes = []
+        for rows, cols in zip(occupied.any(dim=2).tolist(), occupied.any(dim=1).tolist()):
+            p = [i for i, v in enumerate(rows) if v]
+            q = [i for i, v in enumerate(cols) if v]
+            boxes.append((p[0] // k * k, -(-(p[-1] + 1) // k) * k, q[0] // k * k, -(-(q[-1] + 1) // k) * k))
+        return boxes
+
+    def _run_cropped_slices(self, x: torch.Tensor, out: torch.Tensor, keep: torch.Tensor,
+                            network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        """Fill ``out`` ``(B, C, H, W, D)`` on the slices ``keep`` of ``x`` ``(B, M, H, W, D)``, each slice cropped
+        to its box (:meth:`slice_boxes`), slices of one box size batched within the pixel budget."""
+        axis = self.spatial_dim + 2
+        xs, outs = x.movedim(axis, -1), out.movedim(axis, -1)  # (B, M, P, Q, D) views; in-plane dims first
+        if xs.shape[2] % self.slice_multiple or xs.shape[3] % self.slice_multiple:
+            raise ValueError(f"`crop_slices` needs slices whose size {tuple(xs.shape[2:4])} is a multiple of "
+                             f"`slice_multiple`={self.slice_multiple}; pad them first (pad_to_network).")
+        by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+        for d, box in zip(keep.tolist(), self.slice_boxes(x, keep)):
+            by_size.setdefault((box[1] - box[0], box[3] - box[2]), []).append((d, box))
+        b = x.shape[0]
+        for (h, w), items in by_size.items():
+            per_call = max(1, self.max_batch_pixels // (h * w * b))
+            for start in range(0, len(items), per_call):
+                chunk = items[start:start + per_call]
+                batch = torch.cat([xs[:, :, p0:p1, q0:q1, d] for d, (p0, p1, q0, q1) in chunk])  # (n*B, M, h, w)
+                logits = self._checked(network(batch, *args, **kwargs))
+                for i, (d, (p0, p1, q0, q1)) in enumerate(chunk):
+                    outs[:, :, p0:p1, q0:q1, d] = logits[i * b:(i + 1) * b].to(out.dtype)

@@ -80,9 +80,11 @@ def synthetic_batches(num_batches: int, batch_size: int, modalities: int, num_cl
     ]
 
 
-def build_diffmed_trainer(presets: Sequence[str], batches: list, device: torch.device, amp: bool):
+def build_diffmed_trainer(presets: Sequence[str], batches: list, device: torch.device, amp: bool,
+                          overrides: dict | None = None):
     """The bundle's ``train#trainer`` (a ``DiffMedTrainer``) over ``batches``, without handlers or metrics."""
-    parser = bundle_parser("train", presets, device=device, amp=amp, teacher_random_init=True, teacher_weights=None)
+    parser = bundle_parser("train", presets, **(overrides or {}), device=device, amp=amp, teacher_random_init=True,
+                           teacher_weights=None)
     parser["train#trainer#train_data_loader"] = batches
     parser["train#trainer#max_epochs"] = 1
     for key in ("train_handlers", "key_train_metric", "postprocessing"):
@@ -234,11 +236,11 @@ def diffmed_case_runner(parser: ConfigParser, files: list[str], amp: bool) -> Ca
 
 
 def monai_case_runner(network: torch.nn.Module, inferer, files: list[str], pixdim, device: torch.device, amp: bool,
-                      sigmoid: bool) -> Callable[[], Any]:
+                      sigmoid: bool, cpu_bf16: bool = False) -> Callable[[], Any]:
     """One case as MONAI's ``brats_mri_segmentation`` bundle runs it: ``LoadImaged`` -> RAS -> ``Spacingd`` ->
     ``NormalizeIntensityd`` (non-zero, per channel), ``inferer`` over ``network``, then sigmoid + threshold 0.5
     (``sigmoid``, the bundle's 3 overlapping regions) or softmax + argmax. bf16 autocast on CUDA when ``amp``, as
-    MONAI's evaluators do."""
+    MONAI's evaluators do; on a CPU only with ``cpu_bf16`` (not what MONAI's bundles do: a comparison row)."""
     from monai.transforms import Activations, AsDiscrete, Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd
 
     preprocessing = Compose([
@@ -252,7 +254,8 @@ def monai_case_runner(network: torch.nn.Module, inferer, files: list[str], pixdi
 
     def run() -> Any:
         image = preprocessing({"image": files})["image"]
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
+        bf16 = amp if device.type == "cuda" else cpu_bf16
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             return post(inferer(image[None].to(device), network)[0].float())
 
     return run
@@ -291,6 +294,7 @@ def run_benchmark(
     sections: Sequence[str] = ("training", "inference"),
     inference_flops: bool = False,
     threads: int | None = None,
+    overrides: dict | None = None,
     output: str | None = "benchmark.json",
 ) -> dict:
     """Time training and inference of DiffMedDINOv3 (from the bundle configs) and the MONAI peers; return the dict.
@@ -307,6 +311,8 @@ def run_benchmark(
         sections: ``"training"`` and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
         threads: CPU threads of PyTorch (default: its own choice, one per core).
+        overrides: config keys merged over ``train.json`` and ``inference.json`` (+ presets) for DiffMedDINOv3,
+            e.g. ``{"crop_slices": False}``, to time a variant the same way.
         output: JSON path (``None``: do not write).
     """
     from monai.inferers import SliceInferer, SlidingWindowInferer
@@ -321,16 +327,17 @@ def run_benchmark(
         raise ValueError(f"`sections` must name 'training' and/or 'inference', got {sections}.")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     amp = dev.type == "cuda" if amp is None else bool(amp)
-    infer_parser = bundle_parser("inference", presets, device=dev, amp=amp)
+    overrides = dict(overrides or {})
+    infer_parser = bundle_parser("inference", presets, **overrides, device=dev, amp=amp)
     modalities, num_classes = infer_parser["modalities"], infer_parser.get_parsed_content("num_classes")
-    size = int(image_size or bundle_parser("train", presets)["roi_size"][0])
+    size = int(image_size or bundle_parser("train", presets, **overrides)["roi_size"][0])
     if size % 32 or size < 64:
         raise ValueError(f"`image_size`={size} must be a multiple of 32 and >= 64 (SwinUNETR-2D downsamples by 32).")
     rate = matmul_flops_per_s(dev, torch.bfloat16 if amp else torch.float32)
     meta = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "presets": presets, "amp": amp,
-        "repeats": repeats, "warmup": warmup, "matmul_flops_per_s": rate,
+        "repeats": repeats, "warmup": warmup, "matmul_flops_per_s": rate, "overrides": overrides,
     }
     result: dict = {"meta": meta, "ratios": {}}
 
@@ -339,7 +346,8 @@ def run_benchmark(
         logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size,
                     size, size)
         training = {
-            "diffmed": time_training(build_diffmed_trainer(presets, batches, dev, amp), batch_size, repeats, warmup),
+            "diffmed": time_training(build_diffmed_trainer(presets, batches, dev, amp, overrides), batch_size, repeats,
+                                     warmup),
             "swin_unetr_2d": time_training(build_peer_trainer(batches, dev, amp, num_classes), batch_size, repeats,
                                            warmup),
         }
@@ -368,7 +376,13 @@ def run_benchmark(
                     SliceInferer(roi_size=(size, size), spatial_dim=2, progress=False, **SWIN_SLICE_WINDOW), files,
                     infer_parser["pixdim"], dev, amp, sigmoid=False),
             }
-            meta.update(volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
+            cpu_bf16 = dev.type == "cpu" and bool(infer_parser.get_parsed_content("cpu_bf16"))
+            if cpu_bf16:  # DiffMed runs bf16 on this CPU: the same peer in bf16 too, for a like-for-like ratio
+                runners["segresnet_3d_bf16"] = monai_case_runner(
+                    SegResNet(spatial_dims=3, in_channels=len(modalities), **SEGRESNET_BUNDLE),
+                    SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), files,
+                    infer_parser["pixdim"], dev, amp, sigmoid=True, cpu_bf16=True)
+            meta.update(cpu_bf16=cpu_bf16, volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
                         diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
                         max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
             inference = result["inference"] = {}
@@ -385,6 +399,9 @@ def run_benchmark(
             "infer_s_per_volume_diffmed_over_swin_unetr_2d":
                 inference["diffmed"]["seconds_per_volume"] / inference["swin_unetr_2d"]["seconds_per_volume"],
         })
+        if "segresnet_3d_bf16" in inference:
+            result["ratios"]["infer_s_per_volume_diffmed_over_segresnet_3d_bf16"] = (
+                inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d_bf16"]["seconds_per_volume"])
     _save(result, output)
     return result
 
@@ -400,7 +417,7 @@ def format_report(result: dict) -> str:
     meta = result["meta"]
     lines = [
         f"Device: {meta['device']} ({meta['threads']} threads), torch {meta['torch']}, presets {meta['presets']}, "
-        f"amp {meta['amp']}.",
+        f"amp {meta['amp']}" + (", DiffMed inference in bf16 on the CPU (`cpu_bf16`)." if meta.get("cpu_bf16") else "."),
     ]
     if "training" in result:
         lines += [

@@ -166,7 +166,7 @@ def _workflow(bundle: Path, configs: list[str], workflow_type: str, **override) 
     return workflow
 
 
-def _regions(label: np.ndarray, label_values: Sequence[int]) -> dict[str, np.ndarray]:
+def brats_regions(label: np.ndarray, label_values: Sequence[int]) -> dict[str, np.ndarray]:
     """BraTS regions of a label map with values ``label_values`` (background, necrosis, oedema, enhancing)."""
     _, necrosis, _, enhancing = (int(v) for v in label_values)
     return {"et": label == enhancing, "tc": np.isin(label, (necrosis, enhancing)), "wt": label > 0}
@@ -190,7 +190,8 @@ def score_case(pred_path: str, label_path: str, label_values: Sequence[int]) -> 
     spacing = [float(s) for s in label_img.header.get_zooms()[:3]]
     hd95 = HausdorffDistance95(spacing=spacing, empty="brats")
     scores = {}
-    for name, (p, r) in zip(REGIONS, zip(_regions(pred, label_values).values(), _regions(label, label_values).values())):
+    regions = zip(brats_regions(pred, label_values).values(), brats_regions(label, label_values).values())
+    for name, (p, r) in zip(REGIONS, regions):
         p_t, r_t = torch.as_tensor(p)[None, None], torch.as_tensor(r)[None, None]
         dice = float(compute_dice(p_t, r_t, include_background=True, ignore_empty=False))  # both empty: 1 (BraTS)
         distance = hd95(p_t, r_t)
@@ -360,7 +361,8 @@ def main(
         logger.info("[%s] mean %s", model, mean)
     settings = {
         "budget_s": budget_s, "threads": threads, "presets": presets, "models": models, "teacher": teacher,
-        "device": f"CPU ({os.cpu_count()} logical cores visible), torch {torch.__version__}",
+        "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+                   f"CPU ({os.cpu_count()} logical cores visible)") + f", torch {torch.__version__}",
         "data": str(data_dir), "test_cases": [case_id_of(c) for c in test_cases], "overrides": overrides or {},
         "slices_per_volume": slices_per_volume, "command": " ".join(sys.argv),
     }

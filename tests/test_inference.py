@@ -76,10 +76,14 @@ BRATS_REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "ncr": (1,), "ed": (
 def test_cropped_inference_agrees_with_uncropped_on_demo_phantoms(demo_cases, tmp_path):
     """The bundle's inference with ``crop_foreground`` (crop to the head on the network's grid, empty slices skipped)
     and without it, same tiny fixed-seed network, one demo phantom: every region agrees to Dice >= 0.995 on the
-    slices with foreground (the head; its in-plane crop is whole 16-px tiles, so a crop off the grid would fail).
+    voxels of the head (its in-plane crop is whole 16-px tiles, so a crop off the grid would fail).
 
-    The slices without foreground are background on the cropped path, without computing; the untrained network's
-    output there is arbitrary, so the comparison leaves them out and checks that they are background instead.
+    ``crop_slices`` is off here: a slice's own box moves the Swin windows relative to its content, which flips
+    near-tie voxels of an untrained network (with trained weights the agreement is >= 0.999, docs/benchmarks.md);
+    its geometry is exact (``test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case``).
+    Where every modality is zero the cropped path predicts background without computing; the untrained network's
+    output there is arbitrary, so the comparison leaves those voxels out and checks that the empty slices are
+    background instead.
     """
     torch.manual_seed(0)
     ckpt = tmp_path / "models" / "model.pt"
@@ -88,30 +92,33 @@ def test_cropped_inference_agrees_with_uncropped_on_demo_phantoms(demo_cases, tm
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / case).symlink_to(demo_cases / case)
     for crop in (True, False):
-        _run_inference(tmp_path / "cases", tmp_path / f"pred_{crop}", ckpt, crop_foreground=crop).finalize()
+        _run_inference(tmp_path / "cases", tmp_path / f"pred_{crop}", ckpt, crop_foreground=crop,
+                       crop_slices=False).finalize()
     image = np.stack([np.asarray(nib.load(demo_cases / case / f"{case}_{m}.nii.gz").dataobj)
                       for m in ("t1", "t1ce", "t2", "flair")])
     occupied = image.any(axis=(0, 1, 2))
     assert 0 < occupied.sum() < len(occupied)  # there are empty slices to skip
     pred = {c: np.asarray(nib.load(tmp_path / f"pred_{c}" / f"{case}_seg.nii.gz").dataobj) for c in (True, False)}
     assert not pred[True][..., ~occupied].any()
-    cropped, full = pred[True][..., occupied], pred[False][..., occupied]
+    head = image.any(axis=0)
+    cropped, full = pred[True][head], pred[False][head]
     for name, labels in BRATS_REGIONS.items():
         x, y = np.isin(cropped, labels), np.isin(full, labels)
         assert y.any(), name  # the network predicts this region somewhere: the comparison means something
         assert 2.0 * (x & y).sum() / (x.sum() + y.sum()) >= 0.995, name
 
 
-@pytest.mark.parametrize("background", ["noise", "zero"])
+@pytest.mark.parametrize("background", ["noise", "zero", "shrinking"])
 def test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case(tmp_path, background):
     """LPS-ordered, 2 x 2 x 3 mm case -> RAS for the network -> back: every voxel returns to its place.
 
     ``noise``: no zero voxel, nothing cropped or skipped, resampled to 1 mm. ``zero``: the image is zero outside a
     box and on one slice inside it, so the volume is cropped in-plane and across slices, padded to the network's
-    stride, the empty slice skipped, and all of it inverted.
+    stride, the empty slice skipped, and all of it inverted. ``shrinking``: the same, with a box that shrinks from
+    slice to slice, so each slice runs on its own box of whole 16-px tiles (``crop_slices``).
     """
     rng = np.random.default_rng(0)
-    shape = (20, 24, 10)
+    shape = (48, 64, 10) if background == "shrinking" else (20, 24, 10)
     labels = np.zeros(shape, np.uint8)
     labels[4:15, 5:18, 2:8] = 2
     labels[6:12, 8:14, 3:7] = 1
@@ -123,6 +130,10 @@ def test_inverse_preprocessing_is_exact_for_non_ras_anisotropic_case(tmp_path, b
     else:
         inside = np.zeros(shape, bool)
         inside[3:17, 4:21, 1:9] = True
+        if background == "shrinking":
+            inside[:] = False
+            for z in range(1, 9):
+                inside[2 + 2 * z:46 - 2 * z, 2 + 3 * z:62 - 3 * z, z] = True
         inside[..., 6] = False  # an empty slice between foreground slices
         labels[~inside] = 0
         image[~inside] = 0.0

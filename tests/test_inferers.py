@@ -108,3 +108,73 @@ def test_crop_is_whole_tiles_of_the_padded_uncropped_volume():
     assert torch.equal(Compose([crop, pad]).inverse(out)["image"].as_tensor(), vol)
     empty = pad(crop({"image": MetaTensor(torch.zeros(1, 40, 50, 6))}))["image"]
     assert empty.shape == (1, 48, 64, 6)  # nothing to crop to: kept whole
+
+
+class AutocastProbe(torch.nn.Module):
+    """Records whether CPU bf16 autocast is on at each call and returns a matmul's output (bf16 under it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)))
+        self.autocast: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return torch.einsum("nmhw,mc->nchw", x, self.weight)
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_runs_the_network_under_bf16_autocast_and_returns_float32(cpu_bf16):
+    probe = AutocastProbe()
+    vol = _volume()
+    with torch.no_grad():
+        out = ForegroundSliceInferer(num_classes=4, cpu_bf16=cpu_bf16)(vol, probe)
+        reference = ForegroundSliceInferer(num_classes=4)(vol, AutocastProbe())
+    assert probe.autocast == [cpu_bf16] and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, rtol=2e-2, atol=2e-2)  # bf16 keeps 8 bits of mantissa
+    assert torch.equal(out, reference) != cpu_bf16  # bf16 rounding did happen (and only when asked)
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path):
+    from diffmed_monai.inferers import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_native_bf16(str(info))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_crop_slices_runs_each_slice_on_its_own_box_of_whole_tiles():
+    """Slices 1-3 hold foreground in rows 5-26, columns 8-39 (box rows 0-32, columns 0-48 on the 16-px grid), slice
+    6 one voxel at (16, 20) (box 16-32, 16-32): a per-pixel network gives exactly the uncropped logits inside each
+    box, and background outside it."""
+    torch.manual_seed(0)
+    pixelwise = torch.nn.Conv2d(4, 4, kernel_size=1)
+    rec = Recorder(pixelwise)
+    vol = _volume()
+    inferer = ForegroundSliceInferer(num_classes=4, crop_slices=True, slice_multiple=16, max_batch_pixels=10**9)
+    keep = inferer.occupied_slices(vol)
+    assert inferer.slice_boxes(vol, keep) == [(0, 32, 0, 48)] * 3 + [(16, 32, 16, 32)]
+    with torch.no_grad():
+        out = inferer(vol, rec)
+        full = ForegroundSliceInferer(num_classes=4)(vol, pixelwise)
+    assert sorted(rec.batches) == [(1, 4, 16, 16), (3, 4, 32, 48)]  # one call per box size
+    torch.testing.assert_close(out[..., 1:4], full[..., 1:4])  # the box is the whole (32 x 48) slice
+    torch.testing.assert_close(out[:, :, 16:32, 16:32, 6], full[:, :, 16:32, 16:32, 6])
+    outside = torch.ones(32, 48, dtype=torch.bool)
+    outside[16:32, 16:32] = False
+    assert torch.equal(out[0, :, :, :, 6][:, outside].argmax(0), torch.zeros(int(outside.sum()), dtype=torch.long))
+    assert torch.equal(out[..., [0, 4, 5, 7, 8]].argmax(1), torch.zeros(1, 32, 48, 5, dtype=torch.long))
+
+
+def test_crop_slices_batches_within_the_pixel_budget_and_refuses_windows():
+    rec = Recorder(torch.nn.Conv2d(4, 4, kernel_size=1))
+    with torch.no_grad():
+        ForegroundSliceInferer(num_classes=4, crop_slices=True, max_batch_pixels=32 * 48 * 2)(_volume(), rec)
+    assert sorted(rec.batches) == [(1, 4, 16, 16), (1, 4, 32, 48), (2, 4, 32, 48)]
+    with pytest.raises(ValueError, match="roi_size"):
+        ForegroundSliceInferer(num_classes=4, crop_slices=True, roi_size=(16, 16))
