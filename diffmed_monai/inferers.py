@@ -101,6 +101,8 @@ class ForegroundSliceInferer(SliceInferer):
             the ``slice_multiple``-px grid of the slice (config key ``crop_slices``): a brain's top and bottom slices
             are much smaller than its widest one. Outside the box the output is background, as on skipped slices.
             Slices of one box size are batched together. Needs the whole slice as window (``roi_size`` (-1, -1)).
+            Faster on a CPU; on a GPU the many smaller calls are slower, so the configs turn it on for CPUs only
+            (``docs/benchmarks.md``).
         slice_multiple: the grid of ``crop_slices`` (the network's input multiple, 16 for DiffMedDINOv3); the
             slices' in-plane size must be a multiple of it (``pad_to_network`` does that).
         kwargs: other ``SliceInferer`` / ``SlidingWindowInferer`` arguments (``overlap``, ``mode``, ...), except

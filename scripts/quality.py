@@ -84,9 +84,12 @@ def _peer_overrides(model: str, patch_3d: Sequence[int], feature_size: int, init
             "_target_": "SwinUNETR", "in_channels": "$len(@modalities)", "out_channels": "@num_classes",
             "feature_size": feature_size, "spatial_dims": 2,
         }
-        train = {"network_def": net, "loss": _DICE_CE, "train#trainer": _SUPERVISED_TRAINER}
-        # SwinUNETR-2D needs slices divisible by 32 (four patch mergings after the stride-2 embedding)
-        infer = {"network_def": net, "pad_to_network": {"_target_": "DivisiblePadd", "keys": "image", "k": [32, 32, 1]}}
+        # SwinUNETR-2D needs slices divisible by 32 (four patch mergings after the stride-2 embedding) and at least
+        # 2 x 2 at its deepest level (instance norm), so it runs whole slices of the brain's box, as MONAI would,
+        # not DiffMed's per-slice boxes of 16-px tiles
+        train = {"network_def": net, "loss": _DICE_CE, "train#trainer": _SUPERVISED_TRAINER, "crop_slices": False}
+        infer = {"network_def": net, "pad_to_network": {"_target_": "DivisiblePadd", "keys": "image", "k": [32, 32, 1]},
+                 "crop_slices": False}
         return train, infer
     if model == "segresnet3d":  # the brats_mri_segmentation bundle's network, narrower
         net = {

@@ -267,13 +267,14 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
                 if len(hits) == 1:
                     images.append(os.path.join(entry, hits[0]))
                 elif hits:
-                    problems.append(f"several *_{modality} or *-{modality} files ({', '.join(hits)})")
+                    names = ", ".join(hits)
+                    problems.append(f"several *_{modality} or *-{modality} files ({names})")
                 elif allow_missing:
                     images.append(None)
                 else:
                     problems.append(
-                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `allow_missing_modalities: true` to segment it with the "
-                        "modalities present)"
+                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `allow_missing_modalities: true` to "
+                        "segment it with the modalities present)"
                     )
             if not problems and not any(images):
                 problems.append(f"no image file of the modalities {list(mods)}")
