@@ -53,11 +53,11 @@ def region_dice(a: torch.Tensor, b: torch.Tensor, label_values: Sequence[int]) -
     """Dice between two label maps (original label values) for each BraTS region; 1.0 where both are empty."""
     regions_a = brats_regions(a.cpu().numpy(), label_values)
     regions_b = brats_regions(b.cpu().numpy(), label_values)
-    return {
-        name: float(compute_dice(torch.as_tensor(regions_a[name])[None, None], torch.as_tensor(regions_b[name])[None, None],
-                                 include_background=True, ignore_empty=False))
-        for name in REGIONS
-    }
+    dice = {}
+    for name in REGIONS:
+        x, y = (torch.as_tensor(regions[name])[None, None] for regions in (regions_a, regions_b))
+        dice[name] = float(compute_dice(x, y, include_background=True, ignore_empty=False))
+    return dice
 
 
 def measure(
@@ -96,7 +96,10 @@ def measure(
             parser = bundle_parser("inference", presets, **{**overrides, **keys}, device=device)
             load_weights(parser.get_parsed_content("network"), checkpoint)
             parsers[setting] = parser
-        label_values = [int(v) for v in parsers["baseline"]["label_values"]]
+        label_values = [int(v) for v in parsers["baseline"].get_parsed_content("label_values")]
+        if not parsers["baseline"].get_parsed_content("brats_regions") or len(label_values) != 4:
+            raise ValueError(f"agreement.py scores the BraTS regions ET, TC and WT; presets {presets} are not a BraTS "
+                             f"data set (`brats_regions`, `label_values`={label_values}).")
         per_case, seconds = [], {setting: [] for setting in settings}
         for i, case in enumerate(cases):
             maps = {}

@@ -382,7 +382,8 @@ def run_benchmark(
                     SegResNet(spatial_dims=3, in_channels=len(modalities), **SEGRESNET_BUNDLE),
                     SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), files,
                     infer_parser["pixdim"], dev, amp, sigmoid=True, cpu_bf16=True)
-            meta.update(cpu_bf16=cpu_bf16, volume_shape=list(volume_shape), segresnet_roi=segresnet_roi, swin_unetr_2d_roi=[size, size],
+            meta.update(cpu_bf16=cpu_bf16, volume_shape=list(volume_shape), segresnet_roi=segresnet_roi,
+                        swin_unetr_2d_roi=[size, size],
                         diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
                         max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
             inference = result["inference"] = {}
