@@ -108,7 +108,7 @@ class InferenceCases:
                         "`output_dir`, or set `overwrite` to true to replace label maps written by an earlier run "
                         "(other files are never replaced)."
                     )
-                picture = os.path.join(output_dir, f"{case_id}.png")
+                picture = output_path_for(output_dir, case_id, postfix="", ext=".png")  # SaveCasePNGd's path
                 if save_png and os.path.lexists(picture) and not (overwrite and is_own_png(picture)):
                     raise ValueError(
                         f"Case {case_id}: picture {picture} already exists and was left as it is; choose another "

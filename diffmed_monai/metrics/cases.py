@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..transforms.io import case_id_of_item
+
 __all__ = ["CaseMetricsCSV"]
 
 logger = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ class CaseMetricsCSV:
 
     Columns: ``case_id``, ``modalities_present`` (e.g. ``t1ce+t2+flair``), ``modalities_missing``, then one column
     per metric (the mean over its channels, one channel for the shipped metrics). The case id is the item's
-    ``case_id`` (the datalist's), else its image file name; ``modalities_present`` comes from
+    ``case_id`` (the datalist's), else its image file name (:func:`~diffmed_monai.transforms.case_id_of_item`); ``modalities_present`` comes from
     :class:`~diffmed_monai.transforms.SelectPresentModalitiesd` (all modalities when it is absent). Written
     atomically at the end of the evaluation.
     """
@@ -42,15 +44,7 @@ class CaseMetricsCSV:
         items = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         for item in items:
             present = str(item.get("modalities_present") or "+".join(self.modalities))
-            self.rows.append((self._case_id(item), present))
-
-    @staticmethod
-    def _case_id(item: dict) -> str:
-        if item.get("case_id"):  # MONAI's datalist loader joins it to `dataset_dir` when a folder has its name
-            return os.path.basename(os.path.normpath(str(item["case_id"])))
-        meta = getattr(item.get("image"), "meta", {}) or {}
-        name = os.path.basename(str(meta.get("filename_or_obj", "")))
-        return name.split(".nii")[0]
+            self.rows.append((case_id_of_item(item), present))
 
     def write(self, engine) -> None:
         from ..engines.checkpoint import write_atomic

@@ -7,7 +7,14 @@ from .foreground import (
     is_nonzero,
     pad_to_network,
 )
-from .io import PREDICTION_DESCRIPTION, SaveLabelNiftid, is_own_prediction, output_path_for, write_nifti_atomic
+from .io import (
+    PREDICTION_DESCRIPTION,
+    SaveLabelNiftid,
+    case_id_of_item,
+    is_own_prediction,
+    output_path_for,
+    write_nifti_atomic,
+)
 from .modalities import FillMissingModalitiesd, SelectPresentModalitiesd, present_names
 from .pictures import PNG_SOFTWARE, SaveCasePNGd, default_png_modalities, is_own_png, lesion_centre
 from .postprocess import RelabelSmallComponentsd, relabel_small_components
@@ -23,6 +30,7 @@ __all__ = [
     "SaveCasePNGd",
     "SaveLabelNiftid",
     "SelectPresentModalitiesd",
+    "case_id_of_item",
     "default_png_modalities",
     "is_nonzero",
     "is_own_png",

@@ -12,7 +12,14 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["PREDICTION_DESCRIPTION", "SaveLabelNiftid", "is_own_prediction", "output_path_for", "write_nifti_atomic"]
+__all__ = [
+    "PREDICTION_DESCRIPTION",
+    "SaveLabelNiftid",
+    "case_id_of_item",
+    "is_own_prediction",
+    "output_path_for",
+    "write_nifti_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,19 @@ def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: st
     """``<output_dir>/<case_id>_<postfix><ext>`` (no postfix part when ``postfix`` is empty)."""
     name = f"{case_id}_{postfix}{ext}" if postfix else f"{case_id}{ext}"
     return os.path.join(output_dir, name)
+
+
+def case_id_of_item(item: Mapping, case_id_key: str = "case_id", image_key: str = "image") -> str:
+    """The case id of a transformed item: the last path component of ``item[case_id_key]`` (MONAI's datalist loader
+    joins it to ``dataset_dir`` when a folder has its name), else the image file's name without ``.nii(.gz)``
+    (from the ``MetaTensor``'s ``filename_or_obj``), else ``"case"``."""
+    if item.get(case_id_key):
+        return os.path.basename(os.path.normpath(str(item[case_id_key])))
+    meta = getattr(item.get(image_key), "meta", None) or {}
+    name = os.path.basename(str(meta.get("filename_or_obj", ""))) or "case"
+    for ext in (".nii.gz", ".nii"):
+        name = name[: -len(ext)] if name.endswith(ext) else name
+    return name
 
 
 def write_nifti_atomic(image: nib.Nifti1Image, path: str) -> None:

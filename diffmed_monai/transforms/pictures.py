@@ -19,6 +19,8 @@ from monai.utils import optional_import
 from nibabel import orientations
 from scipy import ndimage
 
+from .io import case_id_of_item, output_path_for
+
 __all__ = ["PNG_SOFTWARE", "SaveCasePNGd", "default_png_modalities", "is_own_png", "lesion_centre"]
 
 logger = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ class SaveCasePNGd(MapTransform):
         self.told_missing = False
 
     def path_for(self, case_id: str) -> str:
-        return os.path.join(self.output_dir, f"{case_id}.png")
+        return output_path_for(self.output_dir, case_id, postfix="", ext=".png")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -174,20 +176,11 @@ class SaveCasePNGd(MapTransform):
             d[f"{key}_png"] = self.write(d, key)
         return d
 
-    def _case_id(self, d: Mapping) -> str:
-        if d.get(self.case_id_key):  # MONAI's datalist loader joins it to `dataset_dir` when a folder has its name
-            return os.path.basename(os.path.normpath(str(d[self.case_id_key])))
-        image = d[self.image_key]
-        name = os.path.basename(str(image.meta.get("filename_or_obj", "case"))) if isinstance(image, MetaTensor) else "case"
-        for ext in (".nii.gz", ".nii"):
-            name = name[: -len(ext)] if name.endswith(ext) else name
-        return name
-
     def write(self, d: Mapping, key: str) -> str:
         """Draw and write the picture of item ``d``; return its path."""
         from ..engines.checkpoint import write_atomic
 
-        case_id = self._case_id(d)
+        case_id = case_id_of_item(d, self.case_id_key, self.image_key)
         path = self.path_for(case_id)
         if os.path.lexists(path) and not (self.overwrite and is_own_png(path)):
             raise ValueError(f"Case {case_id}: {path} already exists and was left as it is; choose another "
