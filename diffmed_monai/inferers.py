@@ -166,11 +166,19 @@ class ForegroundSliceInferer(SliceInferer):
             raise ValueError("The cases of one batch have different modalities present; use batch_size 1.")
         return None if bool(mask.all()) else mask[0]
 
+    def _foreground(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(S, P, Q)`` bool: voxels of ``inputs`` ``(B, M, H, W, D)`` non-zero in any batch item and channel, slice
+        axis first (the in-plane axes in their order)."""
+        x = convert_to_tensor(inputs, track_meta=False)
+        return x.ne(0).any(dim=1).any(dim=0).movedim(self.spatial_dim, 0)
+
+    @staticmethod
+    def _occupied(foreground: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(foreground.flatten(1).any(dim=1)).flatten()
+
     def occupied_slices(self, inputs: torch.Tensor) -> torch.Tensor:
         """Indices ``(n,)`` of the slices of ``inputs`` ``(B, M, H, W, D)`` with at least one non-zero voxel."""
-        axis = self.spatial_dim + 2
-        x = convert_to_tensor(inputs, track_meta=False)
-        return torch.nonzero(x.ne(0).any(dim=tuple(d for d in range(x.ndim) if d != axis))).flatten()
+        return self._occupied(self._foreground(inputs))
 
     def __call__(
         self,
@@ -186,7 +194,8 @@ class ForegroundSliceInferer(SliceInferer):
         if not self.skip_empty:
             return super().__call__(inputs, network, *args, **kwargs)
         axis = self.spatial_dim + 2
-        keep = self.occupied_slices(inputs).to(inputs.device)
+        foreground = self._foreground(inputs)  # one pass over the volume for the slices and their boxes
+        keep = self._occupied(foreground)
         total = inputs.shape[axis]
         logger.debug("%d of %d slices hold foreground; %d per network call", len(keep), total, self.sw_batch_size)
         if len(keep) == total and not self.crop_slices:
@@ -198,7 +207,7 @@ class ForegroundSliceInferer(SliceInferer):
         out = torch.full(shape, SKIPPED_SLICE_LOGIT, dtype=x.dtype, device=x.device)
         out[:, 0] = 0.0
         if len(keep) and self.crop_slices:
-            self._run_cropped_slices(x, out, keep, network, *args, **kwargs)
+            self._run_cropped_slices(x, out, keep, self._boxes(foreground[keep]), network, *args, **kwargs)
         elif len(keep):
             kept = self._checked(super().__call__(x.index_select(axis, keep), network, *args, **kwargs))
             out.index_copy_(axis, keep, convert_to_tensor(kept, track_meta=False).to(out.dtype))
@@ -215,9 +224,11 @@ class ForegroundSliceInferer(SliceInferer):
     def slice_boxes(self, inputs: torch.Tensor, keep: torch.Tensor) -> list[tuple[int, int, int, int]]:
         """In-plane box ``(p0, p1, q0, q1)`` of each slice in ``keep``: its non-zero voxels (any batch item and
         channel of ``inputs`` ``(B, M, H, W, D)``), grown outwards to the ``slice_multiple``-px grid."""
+        return self._boxes(self._foreground(inputs)[keep])
+
+    def _boxes(self, occupied: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """:meth:`slice_boxes` of ``occupied`` ``(n, P, Q)``, the foreground of the kept slices."""
         k = self.slice_multiple
-        x = convert_to_tensor(inputs, track_meta=False)
-        occupied = x.ne(0).any(dim=1).any(dim=0).movedim(self.spatial_dim, 0)[keep]  # (n, P, Q)
         boxes = []
         for rows, cols in zip(occupied.any(dim=2).tolist(), occupied.any(dim=1).tolist()):
             p = [i for i, v in enumerate(rows) if v]
@@ -226,16 +237,17 @@ class ForegroundSliceInferer(SliceInferer):
         return boxes
 
     def _run_cropped_slices(self, x: torch.Tensor, out: torch.Tensor, keep: torch.Tensor,
-                            network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> None:
+                            boxes: list[tuple[int, int, int, int]], network: Callable[..., torch.Tensor], *args: Any,
+                            **kwargs: Any) -> None:
         """Fill ``out`` ``(B, C, H, W, D)`` on the slices ``keep`` of ``x`` ``(B, M, H, W, D)``, each slice cropped
-        to its box (:meth:`slice_boxes`), slices of one box size batched within the pixel budget."""
+        to its box (``boxes``, :meth:`slice_boxes`), slices of one box size batched within the pixel budget."""
         axis = self.spatial_dim + 2
         xs, outs = x.movedim(axis, -1), out.movedim(axis, -1)  # (B, M, P, Q, D) views; in-plane dims first
         if xs.shape[2] % self.slice_multiple or xs.shape[3] % self.slice_multiple:
             raise ValueError(f"`crop_slices` needs slices whose size {tuple(xs.shape[2:4])} is a multiple of "
                              f"`slice_multiple`={self.slice_multiple}; pad them first (pad_to_network).")
         by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
-        for d, box in zip(keep.tolist(), self.slice_boxes(x, keep)):
+        for d, box in zip(keep.tolist(), boxes):
             by_size.setdefault((box[1] - box[0], box[3] - box[2]), []).append((d, box))
         b = x.shape[0]
         for (h, w), items in by_size.items():
