@@ -31,6 +31,8 @@ import torch
 from monai.data import load_decathlon_datalist
 from monai.metrics import compute_dice
 
+from diffmed_monai.engines import check_checkpoint
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import bundle_parser, cpu_name, diffmed_case_runner  # noqa: E402
@@ -44,9 +46,9 @@ BF16 = {"amp": True, "cpu_bf16": True}
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str) -> None:
-    """Load a state dict, or a training checkpoint's ``model`` entry, into ``network`` (strictly)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    """Load ``model.pt`` (a state dict) or a training checkpoint's ``model`` entry into ``network``, after
+    :func:`~diffmed_monai.engines.check_checkpoint` (a file that does not fit is an error naming each parameter)."""
+    network.load_state_dict(check_checkpoint(checkpoint, {"model": network}, key="checkpoint")["model"])
 
 
 def region_dice(a: torch.Tensor, b: torch.Tensor, label_values: Sequence[int]) -> dict[str, float]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffmed_monai.data import make_demo_data
+from diffmed_monai.engines import CheckpointError
 
 from .helpers import REPO
 
@@ -50,6 +51,6 @@ def test_agreement_refuses_weights_of_another_network(demo):
     other = benchmark.bundle_parser("inference", ["tiny"], **{"network_def#decoder_dim": 16})
     bad = root / "other.pt"
     torch.save(other.get_parsed_content("network_def").state_dict(), bad)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(CheckpointError, match="does not fit the network"):
         agreement.measure(str(bad), str(root / "data"), datalist=datalist, presets=["tiny"], devices=["cpu"],
                           output=None)
