@@ -23,9 +23,9 @@ class CaseMetricsCSV:
 
     Columns: ``case_id``, ``modalities_present`` (e.g. ``t1ce+t2+flair``), ``modalities_missing``, then one column
     per metric (the mean over its channels, one channel for the shipped metrics). The case id is the item's
-    ``case_id`` (the datalist's), else its image file name (:func:`~diffmed_monai.transforms.case_id_of_item`); ``modalities_present`` comes from
-    :class:`~diffmed_monai.transforms.SelectPresentModalitiesd` (all modalities when it is absent). Written
-    atomically at the end of the evaluation.
+    ``case_id`` (the datalist's), else its image file name (:func:`~diffmed_monai.transforms.case_id_of_item`);
+    ``modalities_present`` comes from :class:`~diffmed_monai.transforms.SelectPresentModalitiesd` (all modalities
+    when it is absent). Written atomically at the end of the evaluation.
     """
 
     def __init__(self, output_dir: str, modalities: Sequence[str], filename: str = "cases.csv") -> None:
