@@ -1,5 +1,6 @@
 """Training engine and checkpoint handlers for DiffMedDINOv3 bundles."""
 
+from .allocator import reuse_freed_memory
 from .checkpoint import (
     AtomicDiskSaver,
     BestModelCheckpoint,
@@ -34,6 +35,7 @@ __all__ = [
     "check_checkpoint",
     "epoch_checkpoints",
     "loss_parts",
+    "reuse_freed_memory",
     "sample_modality_mask",
     "write_atomic",
 ]

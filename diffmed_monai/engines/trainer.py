@@ -23,6 +23,7 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from ..losses import LOSS_PARTS
+from .allocator import reuse_freed_memory as keep_freed_memory
 
 __all__ = [
     "DiffMedTrainer",
@@ -131,6 +132,9 @@ class DiffMedTrainer(SupervisedTrainer):
         modality_dropout: probability of dropping each modality from the student input (ShaSpec-style
             missing-modality training); the teacher always sees every modality.
         modality_dropout_warmup_epochs: full-modality epochs before dropout starts.
+        reuse_freed_memory: keep freed memory in the process for the next step
+            (:func:`~diffmed_monai.engines.reuse_freed_memory`, glibc only; the bundle sets it on a CPU, where it
+            makes a default-network step 1.45x faster by avoiding page faults).
     """
 
     def __init__(
@@ -141,10 +145,13 @@ class DiffMedTrainer(SupervisedTrainer):
         modality_dropout: float = 0.0,
         modality_dropout_warmup_epochs: int = 1,
         inferer: Inferer | None = None,
+        reuse_freed_memory: bool = False,
         **kwargs: Any,
     ) -> None:
         if any(p.requires_grad for p in teacher.parameters()):
             raise ValueError("The teacher passed to DiffMedTrainer has trainable parameters; it must be frozen.")
+        if reuse_freed_memory:
+            keep_freed_memory()
         self.total_loss = loss_function
         super().__init__(
             *args,
