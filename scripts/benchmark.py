@@ -175,21 +175,98 @@ class PeakMemory:
             self.gb = (max(self._peak, self._rss()) - self._start) / 1e9
 
 
-def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
-    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted over one epoch.
+def count_first_step_flops(trainer) -> int:
+    """FLOPs of the first iteration of one ``trainer.run()`` (teacher, forward, loss, backward, optimiser step).
 
-    (The count runs the whole epoch: Ignite keeps the engine's ``epoch_length`` and would cycle a shorter loader.)
+    The count covers one step, not the epoch: under ``FlopCounterMode`` the resident memory of a default-size
+    DiffMedDINOv3 step grows by about 6 GB per further step on a CPU (a 24 GB machine ran out in the third). The run
+    still completes its epoch, so Ignite's ``epoch_length`` is the loader's for the timed runs that follow.
     """
+    from ignite.engine import Events
+
+    counter = FlopCounterMode(display=False)
+    handles = [
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: counter.__enter__()),
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: counter.__exit__(None, None, None)),
+    ]
+    try:
+        trainer.run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counter.get_total_flops()
+
+
+def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
+    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step."""
     steps = len(trainer.data_loader)
-    flops = count_flops(trainer.run)
+    flops = count_first_step_flops(trainer)
     with PeakMemory(trainer.state.device) as mem:
         seconds = median_seconds(trainer.run, repeats, warmup)
     return {
         "slices_per_s": steps * batch_size / seconds,
         "seconds_per_step": seconds / steps,
-        "flops_per_slice": flops / (steps * batch_size),
+        "flops_per_slice": flops / batch_size,
         "peak_mem_gb": mem.gb,
     }
+
+
+def time_training_parts(presets: Sequence[str], batches: list, device: torch.device, amp: bool, overrides: dict,
+                        num_classes: int, repeats: int, warmup: int) -> dict:
+    """Seconds and FLOPs per training step of each part of DiffMedDINOv3 (network and teacher of ``train.json``) and
+    of SwinUNETR-2D, on the first of ``batches``: each part's forward and backward (the teacher: forward without
+    gradients), on the tensors the part receives in a step, inputs requiring gradients as in the step. The loss,
+    optimiser step and the trainer's own work are not in any part."""
+    from monai.networks.nets import SwinUNETR
+
+    parser = bundle_parser("train", presets, **overrides, device=device, amp=amp, teacher_random_init=True,
+                           teacher_weights=None)
+    network, teacher = parser.get_parsed_content("network").train(), parser.get_parsed_content("teacher")
+    if parser.get_parsed_content("reuse_freed_memory"):  # as train#trainer does (process-wide: the peer too)
+        from diffmed_monai.engines import reuse_freed_memory
+
+        reuse_freed_memory()
+    image = batches[0]["image"].to(device)
+    b, m, h, w = image.shape
+    peer = SwinUNETR(in_channels=m, out_channels=num_classes, feature_size=48, spatial_dims=2).to(device).train()
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        u0, skips = network.encode(image)
+        a16 = network.shared_student(image.reshape(b * m, 1, h, w))[2]
+        h16 = torch.cat([student(image[:, i : i + 1])[2] for i, student in enumerate(network.specific_students)])
+
+    def step(fn: Callable[..., Any], *inputs: torch.Tensor, input_grad: bool = True, trained: bool = True):
+        leaves = [x.detach().float().requires_grad_(input_grad and trained) for x in inputs]
+
+        def run() -> None:
+            with torch.set_grad_enabled(trained), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                out = fn(*leaves)
+            if trained:
+                outs = out if isinstance(out, (tuple, list)) else [out]
+                sum(o.float().square().mean() for o in outs).backward()
+
+        return run
+
+    t = torch.randint(1, network.max_train_timestep + 1, (b,), device=device)
+    t_seg = torch.full_like(t, network.seg_timestep)
+    parts = {
+        "diffmed: teacher (forward, no gradient)": step(teacher, image, trained=False),
+        "diffmed: shared student (B x M slices)": step(network.shared_student, image.reshape(b * m, 1, h, w),
+                                                       input_grad=False),
+        "diffmed: specific students (M x B slices)": step(
+            lambda x: [s4 for i, st in enumerate(network.specific_students) for s4 in st(x[:, i : i + 1])], image,
+            input_grad=False),
+        "diffmed: fusion + projection": step(lambda a, s: network.projection(network.fusion(a, s).unflatten(0, (b, m))),
+                                             a16, h16),
+        "diffmed: denoisers (both passes)": step(lambda u: [network.denoise(u, t_seg), network.denoise(u, t)], u0),
+        "diffmed: decoder": step(lambda d, s8, s4: network.decode(d, [s8, s4], image), u0, *skips),
+        "swin_unetr_2d: Swin encoder (swinViT)": step(peer.swinViT, image, input_grad=False),
+        "swin_unetr_2d: whole network": step(peer, image, input_grad=False),
+    }
+    result = {}
+    for name, run in parts.items():
+        logger.info("training parts: %s", name)
+        result[name] = {"flops_per_step": count_flops(run), "seconds_per_step": median_seconds(run, repeats, warmup)}
+    return result
 
 
 def brats_like_case(folder: str, shape: Sequence[int], modalities: Sequence[str], seed: int = 0) -> list[str]:
@@ -308,7 +385,8 @@ def run_benchmark(
         repeats, warmup: timed and untimed repetitions of each measurement.
         amp: bf16 autocast (default: on for CUDA, as the configs); inference autocasts on CUDA only, as MONAI's
             evaluators and the bundle do.
-        sections: ``"training"`` and/or ``"inference"``.
+        sections: ``"training"``, ``"training_parts"`` (seconds and FLOPs of each part of a training step of both
+            models, :func:`time_training_parts`) and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
         threads: CPU threads of PyTorch (default: its own choice, one per core).
         overrides: config keys merged over ``train.json`` and ``inference.json`` (+ presets) for DiffMedDINOv3,
@@ -322,9 +400,9 @@ def run_benchmark(
         torch.set_num_threads(int(threads))
     presets = [presets] if isinstance(presets, str) else list(presets)
     sections = [sections] if isinstance(sections, str) else list(sections)
-    unknown = set(sections) - {"training", "inference"}
+    unknown = set(sections) - {"training", "training_parts", "inference"}
     if unknown or not sections:
-        raise ValueError(f"`sections` must name 'training' and/or 'inference', got {sections}.")
+        raise ValueError(f"`sections` must name 'training', 'training_parts' and/or 'inference', got {sections}.")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     amp = dev.type == "cuda" if amp is None else bool(amp)
     overrides = dict(overrides or {})
@@ -357,6 +435,15 @@ def run_benchmark(
         result["training"] = training
         result["ratios"]["train_slices_per_s_diffmed_over_swin_unetr_2d"] = (
             training["diffmed"]["slices_per_s"] / training["swin_unetr_2d"]["slices_per_s"])
+
+    if "training_parts" in sections:
+        batches = synthetic_batches(1, batch_size, len(modalities), num_classes, size)
+        parts = result["training_parts"] = time_training_parts(presets, batches, dev, amp, overrides, num_classes,
+                                                               repeats, warmup)
+        for entry in parts.values():
+            entry["fraction_of_floor"] = entry["flops_per_step"] / rate / entry["seconds_per_step"]
+        meta.update(batch_size=batch_size, image_size=size, teacher_random_init=True)
+        _save(result, output)
 
     if "inference" in sections:
         segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
@@ -430,6 +517,12 @@ def format_report(result: dict) -> str:
         for name, e in result["training"].items():
             lines.append(f"| {name} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
                          f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
+    if "training_parts" in result:
+        lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | s/step | GFLOP/step | "
+                  "share of FLOP floor |", "|---|---|---|---|"]
+        for name, e in result["training_parts"].items():
+            lines.append(f"| {name} | {e['seconds_per_step']:.3g} | {e['flops_per_step'] / 1e9:.4g} | "
+                         f"{e['fraction_of_floor']:.1%} |")
     if "inference" in result:
         flops = "flops_per_volume" in result["inference"]["diffmed"]
         lines += ["", f"| inference, one {meta['volume_shape']} case, loading to label map | s/volume | peak memory (GB) |"
