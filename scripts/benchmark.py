@@ -253,7 +253,7 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
         "diffmed: shared student (B x M slices)": step(network.shared_student, image.reshape(b * m, 1, h, w),
                                                        input_grad=False),
         "diffmed: specific students (M x B slices)": step(
-            lambda x: [s4 for i, st in enumerate(network.specific_students) for s4 in st(x[:, i : i + 1])], image,
+            lambda x: [fmap for i, st in enumerate(network.specific_students) for fmap in st(x[:, i : i + 1])], image,
             input_grad=False),
         "diffmed: fusion + projection": step(lambda a, s: network.projection(network.fusion(a, s).unflatten(0, (b, m))),
                                              a16, h16),
