@@ -452,12 +452,16 @@ def run_benchmark(
             diffmed = diffmed_case_runner(infer_parser, files, amp)
             image = infer_parser.get_parsed_content("preprocessing")({"image": files})["image"]
             slices_run = int(infer_parser.get_parsed_content("inferer").occupied_slices(image[None]).numel())
-            runners = {
-                "diffmed": diffmed,
-                "segresnet_3d": monai_case_runner(
+
+            def segresnet_3d(cpu_bf16: bool = False) -> Callable[[], Any]:
+                return monai_case_runner(
                     SegResNet(spatial_dims=3, in_channels=len(modalities), **SEGRESNET_BUNDLE),
                     SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), files,
-                    infer_parser["pixdim"], dev, amp, sigmoid=True),
+                    infer_parser["pixdim"], dev, amp, sigmoid=True, cpu_bf16=cpu_bf16)
+
+            runners = {
+                "diffmed": diffmed,
+                "segresnet_3d": segresnet_3d(),
                 "swin_unetr_2d": monai_case_runner(
                     SwinUNETR(in_channels=len(modalities), out_channels=num_classes, feature_size=48, spatial_dims=2),
                     SliceInferer(roi_size=(size, size), spatial_dim=2, progress=False, **SWIN_SLICE_WINDOW), files,
@@ -465,10 +469,7 @@ def run_benchmark(
             }
             cpu_bf16 = dev.type == "cpu" and bool(infer_parser.get_parsed_content("cpu_bf16"))
             if cpu_bf16:  # DiffMed runs bf16 on this CPU: the same peer in bf16 too, for a like-for-like ratio
-                runners["segresnet_3d_bf16"] = monai_case_runner(
-                    SegResNet(spatial_dims=3, in_channels=len(modalities), **SEGRESNET_BUNDLE),
-                    SlidingWindowInferer(roi_size=segresnet_roi, progress=False, **SEGRESNET_WINDOW), files,
-                    infer_parser["pixdim"], dev, amp, sigmoid=True, cpu_bf16=True)
+                runners["segresnet_3d_bf16"] = segresnet_3d(cpu_bf16=True)
             meta.update(cpu_bf16=cpu_bf16, volume_shape=list(volume_shape), segresnet_roi=segresnet_roi,
                         swin_unetr_2d_roi=[size, size],
                         diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
