@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader
 from monai.inferers import SliceInferer
 
@@ -75,6 +76,53 @@ def test_training_step_on_device(device, use_flash_attention):
     changed = [k for k, v in net.state_dict().items() if not torch.equal(v.cpu(), student_before[k].cpu())]
     assert any(k.startswith("specific_students.3.") for k in changed)
     assert any(k.startswith("denoisers.0.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+
+
+def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weights_learns():
+    """``cpu_bf16``: the teacher and the students' matrix products run in bf16 on a CPU, weights and gradients stay
+    float32, the backward pass is not autocast, and the loss falls on a batch the network overfits."""
+    torch.manual_seed(0)
+    net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET)
+    teacher = DINOv3Teacher(arch="tiny", random_init=True)
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str):  # a hook that notes the dtype it sees first and changes nothing
+        return lambda *args: seen.setdefault(name, args[-1].dtype) and None
+
+    net.decoder.register_forward_hook(record("decoder"))
+    next(m for m in teacher.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(record("teacher"))
+    net.shared_student.swin.layers1[0].blocks[0].attn.qkv.weight.register_hook(record("qkv_grad"))
+    trainer = DiffMedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=30,
+        train_data_loader=DataLoader(_batches(2), batch_size=2),
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=2e-3),
+        loss_function=DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
+        teacher=teacher,
+        cpu_bf16=True,
+        decollate=False,
+    )
+    losses: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+
+    assert seen == {"teacher": torch.bfloat16, "decoder": torch.bfloat16, "qkv_grad": torch.float32}
+    assert not torch.is_autocast_enabled("cpu")  # the autocast region closed with the step
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cpu_bf16_acts_on_a_cpu_only_and_is_off_by_default(device):
+    net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET)
+    kwargs = {
+        "device": torch.device(device), "max_epochs": 1, "train_data_loader": [], "network": net,
+        "optimizer": torch.optim.AdamW(net.parameters()), "teacher": DINOv3Teacher(arch="tiny", random_init=True),
+        "loss_function": DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
+    }
+    assert not DiffMedTrainer(**kwargs).cpu_bf16
+    assert DiffMedTrainer(cpu_bf16=True, **kwargs).cpu_bf16 == (device == "cpu")
 
 
 @pytest.mark.gpu

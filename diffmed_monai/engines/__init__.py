@@ -11,6 +11,7 @@ from .checkpoint import (
     epoch_checkpoints,
     write_atomic,
 )
+from .cpu_autocast import autocast_on_cpu
 from .progress import ProgressPlot
 from .trainer import (
     DiffMedTrainer,
@@ -32,6 +33,7 @@ __all__ = [
     "ModalityMaskBatch",
     "ProgressPlot",
     "ResumableCheckpoint",
+    "autocast_on_cpu",
     "check_checkpoint",
     "epoch_checkpoints",
     "loss_parts",
