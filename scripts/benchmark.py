@@ -92,20 +92,31 @@ def build_diffmed_trainer(presets: Sequence[str], batches: list, device: torch.d
     return parser.get_parsed_content("train#trainer")
 
 
-def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_classes: int):
-    """MONAI ``SupervisedTrainer`` training ``SwinUNETR``-2D with ``DiceCELoss`` and AdamW over ``batches``."""
+def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_classes: int, cpu_bf16: bool = False):
+    """MONAI ``SupervisedTrainer`` training ``SwinUNETR``-2D with ``DiceCELoss`` and AdamW over ``batches``; with
+    ``cpu_bf16`` on a CPU, its forward pass and loss under bf16 autocast as ``DiffMedTrainer(cpu_bf16=True)`` runs
+    (not what MONAI's trainer does on a CPU: a like-for-like comparison row)."""
     from monai.engines import SupervisedTrainer
     from monai.losses import DiceCELoss
     from monai.networks.nets import SwinUNETR
 
+    from diffmed_monai.engines import autocast_on_cpu
+
     network = SwinUNETR(
         in_channels=batches[0]["image"].shape[1], out_channels=num_classes, feature_size=48, spatial_dims=2
     ).to(device)
-    return SupervisedTrainer(
+    trainer = SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=batches, network=network,
         optimizer=torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4),
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=amp, amp_kwargs={"dtype": torch.bfloat16},
     )
+    return autocast_on_cpu(trainer) if cpu_bf16 and device.type == "cpu" else trainer
+
+
+def training_precision(device: torch.device, amp: bool, cpu_bf16: bool) -> str:
+    """``"bfloat16"`` where a training step autocasts its matrix products (CUDA with ``amp``; a CPU with
+    ``cpu_bf16``), else ``"float32"``: the precision whose matmul rate is that step's floor."""
+    return "bfloat16" if (amp if device.type == "cuda" else cpu_bf16) else "float32"
 
 
 def median_seconds(fn, repeats: int, warmup: int) -> float:
@@ -197,8 +208,9 @@ def count_first_step_flops(trainer) -> int:
     return counter.get_total_flops()
 
 
-def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
-    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step."""
+def time_training(trainer, batch_size: int, repeats: int, warmup: int, precision: str) -> dict:
+    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step;
+    ``precision`` (of its matrix products, :func:`training_precision`) is recorded for the floor."""
     steps = len(trainer.data_loader)
     flops = count_first_step_flops(trainer)
     with PeakMemory(trainer.state.device) as mem:
@@ -208,6 +220,7 @@ def time_training(trainer, batch_size: int, repeats: int, warmup: int) -> dict:
         "seconds_per_step": seconds / steps,
         "flops_per_slice": flops / batch_size,
         "peak_mem_gb": mem.gb,
+        "precision": precision,
     }
 
 
@@ -215,13 +228,16 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
                         num_classes: int, repeats: int, warmup: int) -> dict:
     """Seconds and FLOPs per training step of each part of DiffMedDINOv3 (network and teacher of ``train.json``) and
     of SwinUNETR-2D, on the first of ``batches``: each part's forward and backward (the teacher: forward without
-    gradients), on the tensors the part receives in a step, inputs requiring gradients as in the step. The loss,
-    optimiser step and the trainer's own work are not in any part."""
+    gradients), on the tensors the part receives in a step, inputs requiring gradients as in the step, both models
+    in the precision of ``train#trainer`` (:func:`training_precision`). The loss, optimiser step and the trainer's
+    own work are not in any part."""
     from monai.networks.nets import SwinUNETR
 
     parser = bundle_parser("train", presets, **overrides, device=device, amp=amp, teacher_random_init=True,
                            teacher_weights=None)
     network, teacher = parser.get_parsed_content("network").train(), parser.get_parsed_content("teacher")
+    precision = training_precision(device, amp, parser.get_parsed_content("cpu_bf16"))
+    bf16 = precision == "bfloat16"
     if parser.get_parsed_content("reuse_freed_memory"):  # as train#trainer does (process-wide: the peer too)
         from diffmed_monai.engines import reuse_freed_memory
 
@@ -229,7 +245,7 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     image = batches[0]["image"].to(device)
     b, m, h, w = image.shape
     peer = SwinUNETR(in_channels=m, out_channels=num_classes, feature_size=48, spatial_dims=2).to(device).train()
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         u0, skips = network.encode(image)
         a16 = network.shared_student(image.reshape(b * m, 1, h, w))[2]
         h16 = torch.cat([student(image[:, i : i + 1])[2] for i, student in enumerate(network.specific_students)])
@@ -238,7 +254,7 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
         leaves = [x.detach().float().requires_grad_(input_grad and trained) for x in inputs]
 
         def run() -> None:
-            with torch.set_grad_enabled(trained), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            with torch.set_grad_enabled(trained), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 out = fn(*leaves)
             if trained:
                 outs = out if isinstance(out, (tuple, list)) else [out]
@@ -265,7 +281,8 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     result = {}
     for name, run in parts.items():
         logger.info("training parts: %s", name)
-        result[name] = {"flops_per_step": count_flops(run), "seconds_per_step": median_seconds(run, repeats, warmup)}
+        result[name] = {"flops_per_step": count_flops(run), "seconds_per_step": median_seconds(run, repeats, warmup),
+                        "precision": precision}
     return result
 
 
@@ -383,8 +400,10 @@ def run_benchmark(
         image_size: training slice size, and SwinUNETR-2D's inference window (default: ``train.json``'s ``roi_size``).
         volume_shape: ``(H, W, D)`` of the BraTS-like inference case (1 mm; brain as :data:`BRAIN_SEMI_AXES`).
         repeats, warmup: timed and untimed repetitions of each measurement.
-        amp: bf16 autocast (default: on for CUDA, as the configs); inference autocasts on CUDA only, as MONAI's
-            evaluators and the bundle do.
+        amp: bf16 autocast on CUDA (default: on, as the configs). On a CPU, DiffMed follows the configs' ``cpu_bf16``
+            (on where the CPU has native bf16; ``overrides={"cpu_bf16": False}`` turns it off); the peers run float32
+            as MONAI ships them, and, where DiffMed runs bf16, once more in bf16 (rows ``*_bf16``). Each share of the
+            FLOP floor is taken against the matmul rate of its own precision.
         sections: ``"training"``, ``"training_parts"`` (seconds and FLOPs of each part of a training step of both
             models, :func:`time_training_parts`) and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
@@ -411,11 +430,11 @@ def run_benchmark(
     size = int(image_size or bundle_parser("train", presets, **overrides)["roi_size"][0])
     if size % 32 or size < 64:
         raise ValueError(f"`image_size`={size} must be a multiple of 32 and >= 64 (SwinUNETR-2D downsamples by 32).")
-    rate = matmul_flops_per_s(dev, torch.bfloat16 if amp else torch.float32)
+    rates = {name: matmul_flops_per_s(dev, getattr(torch, name)) for name in ("float32", "bfloat16")}
     meta = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "presets": presets, "amp": amp,
-        "repeats": repeats, "warmup": warmup, "matmul_flops_per_s": rate, "overrides": overrides,
+        "repeats": repeats, "warmup": warmup, "matmul_flops_per_s": rates, "overrides": overrides,
     }
     result: dict = {"meta": meta, "ratios": {}}
 
@@ -423,25 +442,32 @@ def run_benchmark(
         batches = synthetic_batches(steps, batch_size, len(modalities), num_classes, size)
         logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size,
                     size, size)
-        training = {
-            "diffmed": time_training(build_diffmed_trainer(presets, batches, dev, amp, overrides), batch_size, repeats,
-                                     warmup),
-            "swin_unetr_2d": time_training(build_peer_trainer(batches, dev, amp, num_classes), batch_size, repeats,
-                                           warmup),
-        }
+        diffmed_trainer = build_diffmed_trainer(presets, batches, dev, amp, overrides)
+        train_bf16 = diffmed_trainer.cpu_bf16  # on a CPU with native bf16, as train.json's `cpu_bf16` sets it
+        training = {"diffmed": time_training(diffmed_trainer, batch_size, repeats, warmup,
+                                             training_precision(dev, amp, train_bf16))}
+        del diffmed_trainer
+        peers = {"swin_unetr_2d": False, **({"swin_unetr_2d_bf16": True} if train_bf16 else {})}
+        for name, peer_bf16 in peers.items():  # as MONAI trains it; where DiffMed trains bf16, in bf16 too
+            training[name] = time_training(build_peer_trainer(batches, dev, amp, num_classes, peer_bf16), batch_size,
+                                           repeats, warmup, training_precision(dev, amp, peer_bf16))
         for entry in training.values():
-            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rate
-        meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True)
+            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rates[entry["precision"]]
+        meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True,
+                    train_cpu_bf16=train_bf16)
         result["training"] = training
-        result["ratios"]["train_slices_per_s_diffmed_over_swin_unetr_2d"] = (
-            training["diffmed"]["slices_per_s"] / training["swin_unetr_2d"]["slices_per_s"])
+        for name in peers:
+            result["ratios"][f"train_slices_per_s_diffmed_over_{name}"] = (
+                training["diffmed"]["slices_per_s"] / training[name]["slices_per_s"])
+            result["ratios"][f"train_share_of_floor_diffmed_over_{name}"] = (
+                training["diffmed"]["fraction_of_floor"] / training[name]["fraction_of_floor"])
 
     if "training_parts" in sections:
         batches = synthetic_batches(1, batch_size, len(modalities), num_classes, size)
         parts = result["training_parts"] = time_training_parts(presets, batches, dev, amp, overrides, num_classes,
                                                                repeats, warmup)
         for entry in parts.values():
-            entry["fraction_of_floor"] = entry["flops_per_step"] / rate / entry["seconds_per_step"]
+            entry["fraction_of_floor"] = entry["flops_per_step"] / rates[entry["precision"]] / entry["seconds_per_step"]
         meta.update(batch_size=batch_size, image_size=size, teacher_random_init=True)
         _save(result, output)
 
@@ -474,14 +500,19 @@ def run_benchmark(
                         swin_unetr_2d_roi=[size, size],
                         diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
                         max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
+            as_shipped = "bfloat16" if dev.type == "cuda" and amp else "float32"  # MONAI's evaluators
+            precision = {name: as_shipped for name in runners}
+            precision.update(diffmed="bfloat16" if cpu_bf16 else as_shipped,
+                             **({"segresnet_3d_bf16": "bfloat16"} if cpu_bf16 else {}))
             inference = result["inference"] = {}
             for name, run in runners.items():
                 logger.info("inference: %s on one %s case", name, list(volume_shape))
-                inference[name] = time_case(run, dev, repeats, warmup, inference_flops)
+                inference[name] = {**time_case(run, dev, repeats, warmup, inference_flops), "precision": precision[name]}
                 _save(result, output)  # what is measured survives an interrupted run
         if inference_flops:
             for entry in inference.values():
-                entry["fraction_of_floor"] = entry["flops_per_volume"] / rate / entry["seconds_per_volume"]
+                entry["fraction_of_floor"] = (entry["flops_per_volume"] / rates[entry["precision"]]
+                                              / entry["seconds_per_volume"])
         result["ratios"].update({
             "infer_s_per_volume_diffmed_over_segresnet_3d":
                 inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d"]["seconds_per_volume"],
@@ -511,30 +542,31 @@ def format_report(result: dict) -> str:
     if "training" in result:
         lines += [
             "", "DINOv3 teacher RANDOMLY INITIALISED (speed only).", "",
-            f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | slices/s | GFLOP/slice | "
+            f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | slices/s | GFLOP/slice | "
             "share of FLOP floor | peak memory (GB) |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
         for name, e in result["training"].items():
-            lines.append(f"| {name} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
+            lines.append(f"| {name} | {e['precision']} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
                          f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
     if "training_parts" in result:
-        lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | s/step | GFLOP/step | "
-                  "share of FLOP floor |", "|---|---|---|---|"]
+        lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | s/step | "
+                  "GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]
         for name, e in result["training_parts"].items():
-            lines.append(f"| {name} | {e['seconds_per_step']:.3g} | {e['flops_per_step'] / 1e9:.4g} | "
+            lines.append(f"| {name} | {e['precision']} | {e['seconds_per_step']:.3g} | {e['flops_per_step'] / 1e9:.4g} | "
                          f"{e['fraction_of_floor']:.1%} |")
     if "inference" in result:
         flops = "flops_per_volume" in result["inference"]["diffmed"]
-        lines += ["", f"| inference, one {meta['volume_shape']} case, loading to label map | s/volume | peak memory (GB) |"
-                  + (" GFLOP/volume | share of FLOP floor |" if flops else ""),
-                  "|---|---|---|" + ("---|---|" if flops else "")]
+        lines += ["", f"| inference, one {meta['volume_shape']} case, loading to label map | precision | s/volume | "
+                  "peak memory (GB) |" + (" GFLOP/volume | share of FLOP floor |" if flops else ""),
+                  "|---|---|---|---|" + ("---|---|" if flops else "")]
         for name, e in result["inference"].items():
-            lines.append(f"| {name} | {e['seconds_per_volume']:.3g} | {e['peak_mem_gb']:.2f} |" + (
+            lines.append(f"| {name} | {e['precision']} | {e['seconds_per_volume']:.3g} | {e['peak_mem_gb']:.2f} |" + (
                 f" {e['flops_per_volume'] / 1e9:.3g} | {e['fraction_of_floor']:.1%} |" if flops else ""))
         lines += ["", f"DiffMedDINOv3's network input after cropping: {meta['diffmed_network_input']}, of which "
                   f"{meta['diffmed_slices_run']} slices hold foreground and run."]
-    lines += ["", *(f"{k}: {v:.3g}" for k, v in result["ratios"].items())]
+    rates = ", ".join(f"{name} {rate / 1e9:.4g}" for name, rate in meta["matmul_flops_per_s"].items())
+    lines += ["", f"Matmul rate (GFLOP/s), the floors: {rates}.", *(f"{k}: {v:.3g}" for k, v in result["ratios"].items())]
     return "\n".join(lines)
 
 

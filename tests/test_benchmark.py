@@ -46,7 +46,8 @@ def test_training_flops_per_slice_do_not_depend_on_the_number_of_steps():
     for steps in (1, 3):
         batches = benchmark.synthetic_batches(steps, 2, 4, 4, 32)
         trainer = benchmark.build_diffmed_trainer(["tiny"], batches, torch.device("cpu"), amp=False)
-        per_slice.append(benchmark.time_training(trainer, 2, repeats=1, warmup=0)["flops_per_slice"])
+        timed = benchmark.time_training(trainer, 2, repeats=1, warmup=0, precision="float32")
+        per_slice.append(timed["flops_per_slice"])
     assert per_slice[0] > 0
     assert per_slice[1] == pytest.approx(per_slice[0], rel=0.01)
 
@@ -59,8 +60,10 @@ def test_training_parts_cover_each_part_of_both_models():
     # one Swin student architecture: the shared one on B x M slices does the arithmetic of the M specific ones on B
     assert flops["diffmed: shared student (B x M slices)"] == flops["diffmed: specific students (M x B slices)"]
     assert flops["swin_unetr_2d: Swin encoder (swinViT)"] < flops["swin_unetr_2d: whole network"]
+    assert {e["precision"] for e in parts.values()} == {"float32"}  # the tiny preset trains float32 on a CPU
     report = benchmark.format_report({"meta": {"device": "cpu", "threads": 1, "torch": "", "presets": [], "amp": False,
-                                               "batch_size": 2, "image_size": 64},
+                                               "batch_size": 2, "image_size": 64,
+                                               "matmul_flops_per_s": {"float32": 1e11, "bfloat16": 4e11}},
                                       "training_parts": {k: {**e, "fraction_of_floor": 0.5} for k, e in parts.items()},
                                       "ratios": {}})
     assert all(name in report for name in parts)
@@ -79,11 +82,41 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     assert set(saved["inference"]) == {"diffmed", "segresnet_3d", "swin_unetr_2d"}
     for section in ("training", "inference"):
         for name, entry in saved[section].items():
+            assert entry.pop("precision") == "float32", (section, name)  # the tiny preset: float32 on a CPU
             for key, value in entry.items():
                 ok = value >= 0 if key == "peak_mem_gb" else _positive_finite(value)
                 assert ok and math.isfinite(value), (section, name, key)
     assert all(_positive_finite(v) for v in saved["ratios"].values())
     assert "RANDOMLY INITIALISED" in benchmark.format_report(result)
+
+
+def test_cpu_bf16_training_is_compared_with_the_peer_as_shipped_and_in_bf16_each_against_its_own_floor(tmp_path):
+    result = benchmark.run_benchmark(
+        presets=["tiny"], device="cpu", batch_size=2, steps=1, image_size=64, repeats=1, warmup=0,
+        sections=["training"], overrides={"cpu_bf16": True}, output=None,
+    )
+    training, rates = result["training"], result["meta"]["matmul_flops_per_s"]
+    assert result["meta"]["train_cpu_bf16"] is True
+    assert {name: e["precision"] for name, e in training.items()} == {
+        "diffmed": "bfloat16", "swin_unetr_2d": "float32", "swin_unetr_2d_bf16": "bfloat16"}
+    for e in training.values():
+        assert e["fraction_of_floor"] == pytest.approx(e["slices_per_s"] * e["flops_per_slice"] / rates[e["precision"]])
+    # the same network and loss: the arithmetic does not depend on the precision
+    assert training["swin_unetr_2d_bf16"]["flops_per_slice"] == training["swin_unetr_2d"]["flops_per_slice"]
+    assert set(result["ratios"]) == {f"train_{what}_diffmed_over_{peer}" for what in ("slices_per_s", "share_of_floor")
+                                     for peer in ("swin_unetr_2d", "swin_unetr_2d_bf16")}
+    assert "| swin_unetr_2d_bf16 | bfloat16 |" in benchmark.format_report(result)
+
+
+def test_peer_trainer_autocasts_forward_and_loss_on_a_cpu_only_when_asked():
+    batches = benchmark.synthetic_batches(1, 2, 4, 4, 64)
+    for cpu_bf16 in (False, True):
+        trainer = benchmark.build_peer_trainer(batches, torch.device("cpu"), False, 4, cpu_bf16=cpu_bf16)
+        dtypes: list[torch.dtype] = []
+        trainer.network.out.register_forward_hook(lambda m, i, o, seen=dtypes: seen.append(o.dtype) and None)
+        trainer.run()
+        assert dtypes == [torch.bfloat16 if cpu_bf16 else torch.float32]
+        assert all(p.dtype == torch.float32 for p in trainer.network.parameters())
 
 
 @pytest.mark.slow
