@@ -286,6 +286,51 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     return result
 
 
+def blob_batches(num_batches: int, batch_size: int, modalities: int, num_classes: int, size: int) -> list:
+    """``num_batches`` learnable batches: smooth random ``image`` ``(B, M, size, size)`` and a ``label`` that is a
+    function of it (class c where modality c - 1 is above a threshold, the last class winning; needs M >= C - 1)."""
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(num_batches):
+        image = torch.nn.functional.avg_pool2d(torch.randn(batch_size, modalities, size, size, generator=gen), 9, 1, 4)
+        image = image * 3  # about unit variance after the smoothing
+        label = torch.zeros(batch_size, 1, size, size)
+        for c in range(1, num_classes):
+            label[image[:, c - 1 : c] > 0.4] = c
+        batches.append({"image": image, "label": label})
+    return batches
+
+
+def compare_training_precision(presets: Sequence[str], batches: list, device: torch.device, overrides: dict,
+                               epochs: int) -> dict:
+    """``train#trainer`` of ``train.json`` run twice from the same weights and random state over the same
+    ``batches`` for ``epochs`` epochs: float32 and ``cpu_bf16``. Returns the losses of every step of both, their
+    largest and mean relative difference per loss, and seconds per step."""
+    from ignite.engine import Events
+
+    from diffmed_monai.engines import loss_parts
+
+    runs = {}
+    for name, bf16 in (("float32", False), ("bfloat16", True)):
+        torch.manual_seed(0)
+        trainer = build_diffmed_trainer(presets, batches, device, False, {**overrides, "cpu_bf16": bf16})
+        trainer.state.max_epochs = epochs
+        losses: list[dict] = []
+
+        def record(engine, seen=losses) -> None:
+            first = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
+            seen.append({"loss": float(first["loss"]), **{k: float(v) for k, v in loss_parts(first).items()}})
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+        start = time.perf_counter()
+        trainer.run()
+        runs[name] = {"losses": losses, "seconds_per_step": (time.perf_counter() - start) / len(losses)}
+    pairs = list(zip(runs["float32"]["losses"], runs["bfloat16"]["losses"]))
+    relative = {key: [abs(b[key] - a[key]) / max(abs(a[key]), 1e-12) for a, b in pairs] for key in pairs[0][0]}
+    return {**runs, "max_relative_difference": {k: max(v) for k, v in relative.items()},
+            "mean_relative_difference": {k: statistics.fmean(v) for k, v in relative.items()}}
+
+
 def brats_like_case(folder: str, shape: Sequence[int], modalities: Sequence[str], seed: int = 0) -> list[str]:
     """Write one BraTS-like case, one float32 NIfTI per modality (1 mm, BraTS's LPS voxel order), into ``folder``
     and return the paths: a smooth, noisy ellipsoidal brain with :data:`BRAIN_SEMI_AXES`, exactly 0 outside."""
@@ -387,6 +432,7 @@ def run_benchmark(
     amp: bool | None = None,
     sections: Sequence[str] = ("training", "inference"),
     inference_flops: bool = False,
+    precision_epochs: int = 6,
     threads: int | None = None,
     overrides: dict | None = None,
     output: str | None = "benchmark.json",
@@ -405,8 +451,10 @@ def run_benchmark(
             as MONAI ships them, and, where DiffMed runs bf16, once more in bf16 (rows ``*_bf16``). Each share of the
             FLOP floor is taken against the matmul rate of its own precision.
         sections: ``"training"``, ``"training_parts"`` (seconds and FLOPs of each part of a training step of both
-            models, :func:`time_training_parts`) and/or ``"inference"``.
+            models, :func:`time_training_parts`), ``"training_precision"`` and/or ``"inference"``.
         inference_flops: also count each inference's FLOPs (one more pass of each model) and its share of the floor.
+        precision_epochs: epochs over the ``steps`` learnable batches of the ``"training_precision"`` section
+            (:func:`compare_training_precision`: float32 against ``cpu_bf16`` from the same weights; CPU only).
         threads: CPU threads of PyTorch (default: its own choice, one per core).
         overrides: config keys merged over ``train.json`` and ``inference.json`` (+ presets) for DiffMedDINOv3,
             e.g. ``{"crop_slices": False}``, to time a variant the same way.
@@ -419,9 +467,10 @@ def run_benchmark(
         torch.set_num_threads(int(threads))
     presets = [presets] if isinstance(presets, str) else list(presets)
     sections = [sections] if isinstance(sections, str) else list(sections)
-    unknown = set(sections) - {"training", "training_parts", "inference"}
+    unknown = set(sections) - {"training", "training_parts", "training_precision", "inference"}
     if unknown or not sections:
-        raise ValueError(f"`sections` must name 'training', 'training_parts' and/or 'inference', got {sections}.")
+        raise ValueError("`sections` must name 'training', 'training_parts', 'training_precision' and/or 'inference', "
+                         f"got {sections}.")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     amp = dev.type == "cuda" if amp is None else bool(amp)
     overrides = dict(overrides or {})
@@ -461,6 +510,15 @@ def run_benchmark(
                 training["diffmed"]["slices_per_s"] / training[name]["slices_per_s"])
             result["ratios"][f"train_share_of_floor_diffmed_over_{name}"] = (
                 training["diffmed"]["fraction_of_floor"] / training[name]["fraction_of_floor"])
+
+    if "training_precision" in sections:
+        if dev.type != "cpu":
+            raise ValueError("The 'training_precision' section compares float32 with `cpu_bf16`: use --device cpu.")
+        logger.info("training precision: float32 and cpu_bf16 from the same weights, %d epochs", precision_epochs)
+        batches = blob_batches(steps, batch_size, len(modalities), num_classes, size)
+        result["training_precision"] = compare_training_precision(presets, batches, dev, overrides, precision_epochs)
+        meta.update(batch_size=batch_size, steps=steps, image_size=size, precision_epochs=precision_epochs)
+        _save(result, output)
 
     if "training_parts" in sections:
         batches = synthetic_batches(1, batch_size, len(modalities), num_classes, size)
@@ -507,7 +565,8 @@ def run_benchmark(
             inference = result["inference"] = {}
             for name, run in runners.items():
                 logger.info("inference: %s on one %s case", name, list(volume_shape))
-                inference[name] = {**time_case(run, dev, repeats, warmup, inference_flops), "precision": precision[name]}
+                timed = time_case(run, dev, repeats, warmup, inference_flops)
+                inference[name] = {**timed, "precision": precision[name]}
                 _save(result, output)  # what is measured survives an interrupted run
         if inference_flops:
             for entry in inference.values():
@@ -550,11 +609,26 @@ def format_report(result: dict) -> str:
             lines.append(f"| {name} | {e['precision']} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
                          f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
     if "training_parts" in result:
-        lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | s/step | "
-                  "GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]
+        lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | "
+                  "s/step | GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]
         for name, e in result["training_parts"].items():
             lines.append(f"| {name} | {e['precision']} | {e['seconds_per_step']:.3g} | {e['flops_per_step'] / 1e9:.4g} | "
                          f"{e['fraction_of_floor']:.1%} |")
+    if "training_precision" in result:
+        e = result["training_precision"]
+        losses = {name: e[name]["losses"] for name in ("float32", "bfloat16")}
+        n = len(losses["float32"])
+        lines += ["", f"| training precision, batch {meta['batch_size']} at {meta['image_size']}^2, step | "
+                  "loss float32 | loss bf16 | loss_seg float32 | loss_seg bf16 |", "|---|---|---|---|---|"]
+        for i in sorted({0, n // 2, n - 1}):
+            a, b = losses["float32"][i], losses["bfloat16"][i]
+            lines.append(f"| {i + 1} of {n} | {a['loss']:.4f} | {b['loss']:.4f} | {a['loss_seg']:.4f} | "
+                         f"{b['loss_seg']:.4f} |")
+        differences = ", ".join(f"{k} {e['max_relative_difference'][k]:.2%} / {e['mean_relative_difference'][k]:.2%}"
+                                for k in e["max_relative_difference"])
+        lines += ["", f"Relative difference of bf16 from float32 over all steps, largest / mean: {differences}. "
+                  f"Seconds per step: float32 {e['float32']['seconds_per_step']:.3g}, "
+                  f"bf16 {e['bfloat16']['seconds_per_step']:.3g}."]
     if "inference" in result:
         flops = "flops_per_volume" in result["inference"]["diffmed"]
         lines += ["", f"| inference, one {meta['volume_shape']} case, loading to label map | precision | s/volume | "

@@ -153,3 +153,27 @@ def test_brats_like_case_is_zero_outside_an_ellipsoidal_brain(tmp_path):
     for axis, (n, semi) in enumerate(zip(shape, benchmark.BRAIN_SEMI_AXES)):
         extent = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
         assert abs(len(extent) - 2 * semi * n) <= 2 and abs(extent.mean() - (n - 1) / 2) <= 0.5  # centred
+
+
+def test_training_precision_runs_float32_and_cpu_bf16_from_the_same_weights_on_the_same_batches():
+    result = benchmark.run_benchmark(
+        presets=["tiny"], device="cpu", batch_size=2, steps=2, image_size=64, repeats=1, warmup=0,
+        sections=["training_precision"], precision_epochs=2, output=None,
+    )
+    e = result["training_precision"]
+    a, b = e["float32"]["losses"], e["bfloat16"]["losses"]
+    assert len(a) == len(b) == 4
+    assert set(a[0]) == {"loss", "loss_seg", "loss_kd", "loss_mse", "loss_kl"}
+    # the same start: the first losses differ only by the precision, and they do differ (bf16 really ran)
+    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=0.05) and a[0]["loss"] != b[0]["loss"]
+    assert e["max_relative_difference"]["loss"] == pytest.approx(
+        max(abs(y["loss"] - x["loss"]) / abs(x["loss"]) for x, y in zip(a, b)))
+    assert "| training precision" in benchmark.format_report(result)
+
+
+def test_blob_batches_have_labels_that_follow_the_image():
+    (batch,) = benchmark.blob_batches(1, 2, 4, 4, 32)
+    image, label = batch["image"], batch["label"]
+    assert image.shape == (2, 4, 32, 32) and label.shape == (2, 1, 32, 32)
+    assert set(label.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    assert bool((label == 3).eq(image[:, 2:3] > 0.4).all())  # the last class wins where its modality is bright
