@@ -487,48 +487,8 @@ def run_benchmark(
     }
     result: dict = {"meta": meta, "ratios": {}}
 
-    if "training" in sections:
-        batches = synthetic_batches(steps, batch_size, len(modalities), num_classes, size)
-        logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size,
-                    size, size)
-        diffmed_trainer = build_diffmed_trainer(presets, batches, dev, amp, overrides)
-        train_bf16 = diffmed_trainer.cpu_bf16  # on a CPU with native bf16, as train.json's `cpu_bf16` sets it
-        training = {"diffmed": time_training(diffmed_trainer, batch_size, repeats, warmup,
-                                             training_precision(dev, amp, train_bf16))}
-        del diffmed_trainer
-        peers = {"swin_unetr_2d": False, **({"swin_unetr_2d_bf16": True} if train_bf16 else {})}
-        for name, peer_bf16 in peers.items():  # as MONAI trains it; where DiffMed trains bf16, in bf16 too
-            training[name] = time_training(build_peer_trainer(batches, dev, amp, num_classes, peer_bf16), batch_size,
-                                           repeats, warmup, training_precision(dev, amp, peer_bf16))
-        for entry in training.values():
-            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rates[entry["precision"]]
-        meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True,
-                    train_cpu_bf16=train_bf16)
-        result["training"] = training
-        for name in peers:
-            result["ratios"][f"train_slices_per_s_diffmed_over_{name}"] = (
-                training["diffmed"]["slices_per_s"] / training[name]["slices_per_s"])
-            result["ratios"][f"train_share_of_floor_diffmed_over_{name}"] = (
-                training["diffmed"]["fraction_of_floor"] / training[name]["fraction_of_floor"])
-
-    if "training_precision" in sections:
-        if dev.type != "cpu":
-            raise ValueError("The 'training_precision' section compares float32 with `cpu_bf16`: use --device cpu.")
-        logger.info("training precision: float32 and cpu_bf16 from the same weights, %d epochs", precision_epochs)
-        batches = blob_batches(steps, batch_size, len(modalities), num_classes, size)
-        result["training_precision"] = compare_training_precision(presets, batches, dev, overrides, precision_epochs)
-        meta.update(batch_size=batch_size, steps=steps, image_size=size, precision_epochs=precision_epochs)
-        _save(result, output)
-
-    if "training_parts" in sections:
-        batches = synthetic_batches(1, batch_size, len(modalities), num_classes, size)
-        parts = result["training_parts"] = time_training_parts(presets, batches, dev, amp, overrides, num_classes,
-                                                               repeats, warmup)
-        for entry in parts.values():
-            entry["fraction_of_floor"] = entry["flops_per_step"] / rates[entry["precision"]] / entry["seconds_per_step"]
-        meta.update(batch_size=batch_size, image_size=size, teacher_random_init=True)
-        _save(result, output)
-
+    # inference first: training turns on `reuse_freed_memory` for the whole process (train.json on a CPU), which
+    # neither inference.json nor MONAI's bundles use and which speeds the 3D peer's large allocations
     if "inference" in sections:
         segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
         with tempfile.TemporaryDirectory() as folder:
@@ -581,6 +541,48 @@ def run_benchmark(
         if "segresnet_3d_bf16" in inference:
             result["ratios"]["infer_s_per_volume_diffmed_over_segresnet_3d_bf16"] = (
                 inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d_bf16"]["seconds_per_volume"])
+
+    if "training" in sections:
+        batches = synthetic_batches(steps, batch_size, len(modalities), num_classes, size)
+        logger.info("training: DiffMedDINOv3 (bundle train#trainer) and SwinUNETR-2D, batch %d, %dx%d", batch_size,
+                    size, size)
+        diffmed_trainer = build_diffmed_trainer(presets, batches, dev, amp, overrides)
+        train_bf16 = diffmed_trainer.cpu_bf16  # on a CPU with native bf16, as train.json's `cpu_bf16` sets it
+        training = {"diffmed": time_training(diffmed_trainer, batch_size, repeats, warmup,
+                                             training_precision(dev, amp, train_bf16))}
+        del diffmed_trainer
+        peers = {"swin_unetr_2d": False, **({"swin_unetr_2d_bf16": True} if train_bf16 else {})}
+        for name, peer_bf16 in peers.items():  # as MONAI trains it; where DiffMed trains bf16, in bf16 too
+            training[name] = time_training(build_peer_trainer(batches, dev, amp, num_classes, peer_bf16), batch_size,
+                                           repeats, warmup, training_precision(dev, amp, peer_bf16))
+        for entry in training.values():
+            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rates[entry["precision"]]
+        meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True,
+                    train_cpu_bf16=train_bf16)
+        result["training"] = training
+        for name in peers:
+            result["ratios"][f"train_slices_per_s_diffmed_over_{name}"] = (
+                training["diffmed"]["slices_per_s"] / training[name]["slices_per_s"])
+            result["ratios"][f"train_share_of_floor_diffmed_over_{name}"] = (
+                training["diffmed"]["fraction_of_floor"] / training[name]["fraction_of_floor"])
+
+    if "training_precision" in sections:
+        if dev.type != "cpu":
+            raise ValueError("The 'training_precision' section compares float32 with `cpu_bf16`: use --device cpu.")
+        logger.info("training precision: float32 and cpu_bf16 from the same weights, %d epochs", precision_epochs)
+        batches = blob_batches(steps, batch_size, len(modalities), num_classes, size)
+        result["training_precision"] = compare_training_precision(presets, batches, dev, overrides, precision_epochs)
+        meta.update(batch_size=batch_size, steps=steps, image_size=size, precision_epochs=precision_epochs)
+        _save(result, output)
+
+    if "training_parts" in sections:
+        batches = synthetic_batches(1, batch_size, len(modalities), num_classes, size)
+        parts = result["training_parts"] = time_training_parts(presets, batches, dev, amp, overrides, num_classes,
+                                                               repeats, warmup)
+        for entry in parts.values():
+            entry["fraction_of_floor"] = entry["flops_per_step"] / rates[entry["precision"]] / entry["seconds_per_step"]
+        meta.update(batch_size=batch_size, image_size=size, teacher_random_init=True)
+        _save(result, output)
     _save(result, output)
     return result
 
