@@ -10,8 +10,10 @@ Everything DiffMedDINOv3 runs is built from the bundle configs, not from a copy:
 
 * training: ``train#trainer`` of ``train.json`` (+ presets) -- :class:`~diffmed_monai.engines.DiffMedTrainer`
   with the config's network, frozen teacher (always randomly initialised here: only its speed matters), loss and
-  optimiser -- fed synthetic slice batches; against MONAI ``SwinUNETR`` (2D, feature_size 48, ``DiceCELoss``,
-  AdamW) in MONAI's ``SupervisedTrainer`` on the same batches;
+  optimiser, in the precision the config ships -- fed synthetic slice batches; against MONAI ``SwinUNETR`` (2D,
+  feature_size 48, ``DiceCELoss``, AdamW) in MONAI's ``SupervisedTrainer`` on the same batches, as MONAI runs it
+  and, where DiffMed trains bf16 on a CPU, in bf16 too; ``training_precision``: the same trainer in float32 and
+  ``cpu_bf16`` from the same weights, every step's losses compared;
 * inference: one BraTS-like case (by default 4 x 240 x 240 x 155 at 1 mm, zero outside an ellipsoidal brain as in
   real BraTS; one NIfTI file per modality) run end to end -- ``preprocessing`` (loading included), ``network``
   through ``inferer`` and ``postprocessing`` (all but the file writer) of ``inference.json`` (+ presets); against
