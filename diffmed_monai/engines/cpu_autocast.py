@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from monai.engines import SupervisedTrainer
 
 __all__ = ["autocast_on_cpu"]
+
+logger = logging.getLogger(__name__)
 
 
 def autocast_on_cpu(trainer: SupervisedTrainer, dtype: torch.dtype = torch.bfloat16) -> SupervisedTrainer:
@@ -19,4 +23,6 @@ def autocast_on_cpu(trainer: SupervisedTrainer, dtype: torch.dtype = torch.bfloa
     """
     trainer.inferer = torch.autocast("cpu", dtype=dtype)(trainer.inferer)
     trainer.loss_function = torch.autocast("cpu", dtype=dtype)(trainer.loss_function)
+    logger.info("%s: forward pass and loss under %s autocast on the CPU (config key `cpu_bf16`).",
+                type(trainer).__name__, dtype)
     return trainer
