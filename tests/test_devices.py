@@ -91,7 +91,13 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
 
     net.decoder.register_forward_hook(record("decoder"))
     next(m for m in teacher.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(record("teacher"))
-    net.shared_student.swin.layers1[0].blocks[0].attn.qkv.weight.register_hook(record("qkv_grad"))
+    qkv_weight = net.shared_student.swin.layers1[0].blocks[0].attn.qkv.weight
+    qkv_weight.register_hook(record("qkv_grad"))
+
+    def autocast_state(grad: torch.Tensor) -> None:  # runs during backward
+        seen.setdefault("autocast_in_backward", torch.is_autocast_enabled("cpu"))
+
+    qkv_weight.register_hook(autocast_state)
     trainer = DiffMedTrainer(
         device=torch.device("cpu"),
         max_epochs=30,
@@ -107,7 +113,8 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
     trainer.run()
 
-    assert seen == {"teacher": torch.bfloat16, "decoder": torch.bfloat16, "qkv_grad": torch.float32}
+    assert seen == {"teacher": torch.bfloat16, "decoder": torch.bfloat16, "qkv_grad": torch.float32,
+                    "autocast_in_backward": False}
     assert not torch.is_autocast_enabled("cpu")  # the autocast region closed with the step
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
