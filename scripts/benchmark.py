@@ -115,9 +115,9 @@ def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_class
     return autocast_on_cpu(trainer) if cpu_bf16 and device.type == "cpu" else trainer
 
 
-def training_precision(device: torch.device, amp: bool, cpu_bf16: bool) -> str:
-    """``"bfloat16"`` where a training step autocasts its matrix products (CUDA with ``amp``; a CPU with
-    ``cpu_bf16``), else ``"float32"``: the precision whose matmul rate is that step's floor."""
+def autocast_precision(device: torch.device, amp: bool, cpu_bf16: bool) -> str:
+    """``"bfloat16"`` where a run autocasts its matrix products (CUDA with ``amp``; a CPU with ``cpu_bf16``), as
+    the trainers and case runners here do, else ``"float32"``: the precision whose matmul rate is its floor."""
     return "bfloat16" if (amp if device.type == "cuda" else cpu_bf16) else "float32"
 
 
@@ -212,7 +212,7 @@ def count_first_step_flops(trainer) -> int:
 
 def time_training(trainer, batch_size: int, repeats: int, warmup: int, precision: str) -> dict:
     """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step;
-    ``precision`` (of its matrix products, :func:`training_precision`) is recorded for the floor."""
+    ``precision`` (of its matrix products, :func:`autocast_precision`) is recorded for the floor."""
     steps = len(trainer.data_loader)
     flops = count_first_step_flops(trainer)
     with PeakMemory(trainer.state.device) as mem:
@@ -231,14 +231,14 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     """Seconds and FLOPs per training step of each part of DiffMedDINOv3 (network and teacher of ``train.json``) and
     of SwinUNETR-2D, on the first of ``batches``: each part's forward and backward (the teacher: forward without
     gradients), on the tensors the part receives in a step, inputs requiring gradients as in the step, both models
-    in the precision of ``train#trainer`` (:func:`training_precision`). The loss, optimiser step and the trainer's
+    in the precision of ``train#trainer`` (:func:`autocast_precision`). The loss, optimiser step and the trainer's
     own work are not in any part."""
     from monai.networks.nets import SwinUNETR
 
     parser = bundle_parser("train", presets, **overrides, device=device, amp=amp, teacher_random_init=True,
                            teacher_weights=None)
     network, teacher = parser.get_parsed_content("network").train(), parser.get_parsed_content("teacher")
-    precision = training_precision(device, amp, parser.get_parsed_content("cpu_bf16"))
+    precision = autocast_precision(device, amp, parser.get_parsed_content("cpu_bf16"))
     bf16 = precision == "bfloat16"
     if parser.get_parsed_content("reuse_freed_memory"):  # as train#trainer does (process-wide: the peer too)
         from diffmed_monai.engines import reuse_freed_memory
@@ -520,15 +520,13 @@ def run_benchmark(
                         swin_unetr_2d_roi=[size, size],
                         diffmed_network_input=list(image.shape), diffmed_slices_run=slices_run,
                         max_batch_pixels=infer_parser.get_parsed_content("max_batch_pixels"))
-            as_shipped = "bfloat16" if dev.type == "cuda" and amp else "float32"  # MONAI's evaluators
-            precision = {name: as_shipped for name in runners}
-            precision.update(diffmed="bfloat16" if cpu_bf16 else as_shipped,
-                             **({"segresnet_3d_bf16": "bfloat16"} if cpu_bf16 else {}))
+            runner_cpu_bf16 = {"diffmed": cpu_bf16, "segresnet_3d_bf16": True}  # the others as MONAI ships them
             inference = result["inference"] = {}
             for name, run in runners.items():
                 logger.info("inference: %s on one %s case", name, list(volume_shape))
                 timed = time_case(run, dev, repeats, warmup, inference_flops)
-                inference[name] = {**timed, "precision": precision[name]}
+                precision = autocast_precision(dev, amp, runner_cpu_bf16.get(name, False))
+                inference[name] = {**timed, "precision": precision}
                 _save(result, output)  # what is measured survives an interrupted run
         if inference_flops:
             for entry in inference.values():
@@ -551,12 +549,12 @@ def run_benchmark(
         diffmed_trainer = build_diffmed_trainer(presets, batches, dev, amp, overrides)
         train_bf16 = diffmed_trainer.cpu_bf16  # on a CPU with native bf16, as train.json's `cpu_bf16` sets it
         training = {"diffmed": time_training(diffmed_trainer, batch_size, repeats, warmup,
-                                             training_precision(dev, amp, train_bf16))}
+                                             autocast_precision(dev, amp, train_bf16))}
         del diffmed_trainer
         peers = {"swin_unetr_2d": False, **({"swin_unetr_2d_bf16": True} if train_bf16 else {})}
         for name, peer_bf16 in peers.items():  # as MONAI trains it; where DiffMed trains bf16, in bf16 too
             training[name] = time_training(build_peer_trainer(batches, dev, amp, num_classes, peer_bf16), batch_size,
-                                           repeats, warmup, training_precision(dev, amp, peer_bf16))
+                                           repeats, warmup, autocast_precision(dev, amp, peer_bf16))
         for entry in training.values():
             entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rates[entry["precision"]]
         meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True,
@@ -616,8 +614,8 @@ def format_report(result: dict) -> str:
         lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | "
                   "s/step | GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]
         for name, e in result["training_parts"].items():
-            lines.append(f"| {name} | {e['precision']} | {e['seconds_per_step']:.3g} | {e['flops_per_step'] / 1e9:.4g} | "
-                         f"{e['fraction_of_floor']:.1%} |")
+            lines.append(f"| {name} | {e['precision']} | {e['seconds_per_step']:.3g} | "
+                         f"{e['flops_per_step'] / 1e9:.4g} | {e['fraction_of_floor']:.1%} |")
     if "training_precision" in result:
         e = result["training_precision"]
         losses = {name: e[name]["losses"] for name in ("float32", "bfloat16")}
@@ -644,7 +642,8 @@ def format_report(result: dict) -> str:
         lines += ["", f"DiffMedDINOv3's network input after cropping: {meta['diffmed_network_input']}, of which "
                   f"{meta['diffmed_slices_run']} slices hold foreground and run."]
     rates = ", ".join(f"{name} {rate / 1e9:.4g}" for name, rate in meta["matmul_flops_per_s"].items())
-    lines += ["", f"Matmul rate (GFLOP/s), the floors: {rates}.", *(f"{k}: {v:.3g}" for k, v in result["ratios"].items())]
+    lines += ["", f"Matmul rate (GFLOP/s), the floors: {rates}.",
+              *(f"{k}: {v:.3g}" for k, v in result["ratios"].items())]
     return "\n".join(lines)
 
 
