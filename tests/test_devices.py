@@ -44,6 +44,21 @@ def _batches(n: int, size: int = 32) -> list[dict]:
     ]
 
 
+def _trainer(net, teacher, device: str = "cpu", num_batches: int = 4, epochs: int = 2, lr: float = 1e-3, **kwargs):
+    """``DiffMedTrainer`` of ``net`` on ``num_batches`` random batches (2 per step, 32 x 32), AdamW at ``lr``."""
+    return DiffMedTrainer(
+        device=torch.device(device),
+        max_epochs=epochs,
+        train_data_loader=DataLoader(_batches(num_batches), batch_size=2),
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=lr),
+        loss_function=DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
+        teacher=teacher,
+        decollate=False,
+        **kwargs,
+    )
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("use_flash_attention", [False, True])
 def test_training_step_on_device(device, use_flash_attention):
@@ -52,18 +67,7 @@ def test_training_step_on_device(device, use_flash_attention):
     teacher = DINOv3Teacher(arch="tiny", random_init=True)
     teacher_before = copy.deepcopy(teacher.state_dict())
     student_before = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    trainer = DiffMedTrainer(
-        device=torch.device(device),
-        max_epochs=2,
-        train_data_loader=DataLoader(_batches(4), batch_size=2),
-        network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3),
-        loss_function=DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
-        teacher=teacher,
-        amp=device == "cuda",
-        amp_kwargs={"dtype": torch.bfloat16},
-        decollate=False,
-    )
+    trainer = _trainer(net, teacher, device, amp=device == "cuda", amp_kwargs={"dtype": torch.bfloat16})
     trainer.run()
 
     out = trainer.state.output
@@ -98,17 +102,7 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
         seen.setdefault("autocast_in_backward", torch.is_autocast_enabled("cpu"))
 
     qkv_weight.register_hook(autocast_state)
-    trainer = DiffMedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=30,
-        train_data_loader=DataLoader(_batches(2), batch_size=2),
-        network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), lr=2e-3),
-        loss_function=DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
-        teacher=teacher,
-        cpu_bf16=True,
-        decollate=False,
-    )
+    trainer = _trainer(net, teacher, num_batches=2, epochs=30, lr=2e-3, cpu_bf16=True)
     losses: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
     trainer.run()
@@ -122,14 +116,9 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_cpu_bf16_acts_on_a_cpu_only_and_is_off_by_default(device):
-    net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET)
-    kwargs = {
-        "device": torch.device(device), "max_epochs": 1, "train_data_loader": [], "network": net,
-        "optimizer": torch.optim.AdamW(net.parameters()), "teacher": DINOv3Teacher(arch="tiny", random_init=True),
-        "loss_function": DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]),
-    }
-    assert not DiffMedTrainer(**kwargs).cpu_bf16
-    assert DiffMedTrainer(cpu_bf16=True, **kwargs).cpu_bf16 == (device == "cpu")
+    net, teacher = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET), DINOv3Teacher(arch="tiny", random_init=True)
+    assert not _trainer(net, teacher, device).cpu_bf16
+    assert _trainer(net, teacher, device, cpu_bf16=True).cpu_bf16 == (device == "cpu")
 
 
 @pytest.mark.gpu
