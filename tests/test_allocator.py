@@ -23,7 +23,8 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 
 def _probe(reuse: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, "1" if reuse else "0"], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", PROBE, "1" if reuse else "0"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

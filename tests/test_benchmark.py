@@ -55,7 +55,8 @@ def test_training_flops_per_slice_do_not_depend_on_the_number_of_steps():
 def test_training_parts_cover_each_part_of_both_models():
     batches = benchmark.synthetic_batches(1, 2, 4, 4, 64)
     parts = benchmark.time_training_parts(["tiny"], batches, torch.device("cpu"), False, {}, 4, repeats=1, warmup=0)
-    assert all(_positive_finite(e["flops_per_step"]) and _positive_finite(e["seconds_per_step"]) for e in parts.values())
+    assert all(_positive_finite(e["flops_per_step"]) and _positive_finite(e["seconds_per_step"])
+               for e in parts.values())
     flops = {name: e["flops_per_step"] for name, e in parts.items()}
     # one Swin student architecture: the shared one on B x M slices does the arithmetic of the M specific ones on B
     assert flops["diffmed: shared student (B x M slices)"] == flops["diffmed: specific students (M x B slices)"]
