@@ -20,10 +20,11 @@ Everything DiffMedDINOv3 runs is built from the bundle configs, not from a copy:
   MONAI ``SegResNet`` with the ``brats_mri_segmentation`` bundle's network, preprocessing and sliding window, and
   ``SwinUNETR``-2D through MONAI's ``SliceInferer`` at the training slice size, on the same files in the same run.
 
-Timing is wall time (median over repeats, after a warm-up; CUDA synchronised at both ends of each run). Beside each training figure stands its arithmetic floor: FLOPs counted with
-``torch.utils.flop_counter.FlopCounterMode`` divided by the matmul rate measured in the same process (for inference
-too with ``--inference_flops True``, which costs one more pass of each model). Results go to a JSON file and a table
-on stdout; see ``docs/benchmarks.md``.
+Timing is wall time (median over repeats, after a warm-up; CUDA synchronised at both ends of each run). Beside each
+training figure stands its arithmetic floor: FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``
+(attention on a CPU included, :data:`CPU_SDPA_FLOPS`) divided by the matmul rate measured in the same process (for
+inference too with ``--inference_flops True``, which costs one more pass of each model). Results go to a JSON file
+and a table on stdout; see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 BUNDLE_CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 
@@ -138,8 +139,29 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _cpu_sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+#: ``FlopCounterMode`` counts the CUDA kernels of ``scaled_dot_product_attention`` but not the CPU one (it counted
+#: 0 FLOPs for the teacher's and the denoisers' attention on a CPU); the same formulas as its CUDA kernels'.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """``FlopCounterMode`` that also counts ``scaled_dot_product_attention`` on a CPU (:data:`CPU_SDPA_FLOPS`)."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
+
+
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         fn()
     return counter.get_total_flops()
 
@@ -197,7 +219,7 @@ def count_first_step_flops(trainer) -> int:
     """
     from ignite.engine import Events
 
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     handles = [
         trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: counter.__enter__()),
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: counter.__exit__(None, None, None)),

@@ -52,6 +52,21 @@ def test_training_flops_per_slice_do_not_depend_on_the_number_of_steps():
     assert per_slice[1] == pytest.approx(per_slice[0], rel=0.01)
 
 
+def test_flop_count_includes_attention_on_a_cpu_as_the_explicit_products_count():
+    """The CPU kernel of ``scaled_dot_product_attention`` is counted like ``q @ k^T`` then ``@ v`` (forward), and
+    its backward too (FlopCounterMode alone counts 0 there)."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q, k, v = (torch.randn(2, 3, 64, 16, requires_grad=True) for _ in range(3))
+    explicit = benchmark.count_flops(lambda: (q @ k.transpose(-2, -1)).softmax(-1) @ v)
+    fused = benchmark.count_flops(lambda: sdpa(q, k, v))
+    assert fused == explicit == 4 * 2 * 3 * 64 * 64 * 16
+    with torch.autocast("cpu", torch.bfloat16):  # with an additive mask, as the Swin blocks' inference call
+        masked = benchmark.count_flops(lambda: sdpa(q, k, v, attn_mask=torch.zeros(64, 64)))
+    assert masked == explicit
+    with_backward = benchmark.count_flops(lambda: sdpa(q, k, v).sum().backward())
+    assert with_backward > 2 * fused
+
+
 def test_training_parts_cover_each_part_of_both_models():
     batches = benchmark.synthetic_batches(1, 2, 4, 4, 64)
     parts = benchmark.time_training_parts(["tiny"], batches, torch.device("cpu"), False, {}, 4, repeats=1, warmup=0)
