@@ -1,0 +1,84 @@
+"""LogitsDtypeWindowAttention: MONAI's window attention, bias in the logits' dtype under CPU autocast training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets.swin_unetr import SwinTransformerBlock, WindowAttention
+
+from diffmed_monai.networks import DiffMedDINOv3, LogitsDtypeWindowAttention
+
+from .conftest import TINY_NET
+
+WINDOWS, HEADS, DIM, WINDOW = 8, 2, 32, (4, 4)
+N = WINDOW[0] * WINDOW[1]
+
+
+def _pair():
+    """A MONAI ``WindowAttention`` and a :class:`LogitsDtypeWindowAttention` with the same weights."""
+    torch.manual_seed(0)
+    monai_attn = WindowAttention(DIM, HEADS, WINDOW, qkv_bias=True, use_flash_attention=True)
+    torch.nn.init.normal_(monai_attn.relative_position_bias_table, std=1.0)  # a bias that matters in the softmax
+    ours = LogitsDtypeWindowAttention(DIM, HEADS, WINDOW, qkv_bias=True, use_flash_attention=True)
+    ours.load_state_dict(monai_attn.state_dict(), strict=True)
+    return monai_attn, ours
+
+
+def _inputs():
+    x = torch.randn(2 * WINDOWS, N, DIM)
+    mask = torch.where(torch.rand(WINDOWS, N, N) < 0.3, -100.0, 0.0)  # shifted-window mask: 0 or -100
+    return x, mask
+
+
+def _step(attn, x, mask, autocast: bool):
+    """Output (float32) and every parameter's gradient of a training step through ``attn``."""
+    attn.zero_grad()
+    softmax_inputs = []
+    handle = attn.softmax.register_forward_hook(lambda m, args, out: softmax_inputs.append(args[0].dtype))
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out = attn(x, mask).float()
+    out.square().mean().backward()
+    handle.remove()
+    return out.detach(), {n: p.grad.clone() for n, p in attn.named_parameters()}, softmax_inputs
+
+
+def _rel_err(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_students_and_fusion_use_it_with_monais_state_dict_keys():
+    net = DiffMedDINOv3(["t1", "t2"], num_classes=3, **TINY_NET)
+    blocks = [m for m in net.modules() if isinstance(m, SwinTransformerBlock)]
+    assert len(blocks) == 3 * sum(TINY_NET["depths"]) + TINY_NET.get("fusion_depth", 2)
+    assert all(type(b.attn) is LogitsDtypeWindowAttention for b in blocks)
+    monai_attn, ours = _pair()
+    assert ours.state_dict().keys() == monai_attn.state_dict().keys()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_float32_and_inference_are_monais_own_forward(masked):
+    monai_attn, ours = _pair()
+    x, mask = _inputs()
+    mask = mask if masked else None
+    ref_out, ref_grads, ref_softmax = _step(monai_attn, x, mask, autocast=False)
+    out, grads, softmax = _step(ours, x, mask, autocast=False)
+    assert torch.equal(out, ref_out) and softmax == ref_softmax == [torch.float32]
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # MONAI's fused attention in both
+        assert torch.equal(ours(x, mask), monai_attn(x, mask))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_bf16(masked):
+    monai_attn, ours = _pair()
+    x, mask = _inputs()
+    mask = mask if masked else None
+    exact_out, exact_grads, _ = _step(monai_attn, x, mask, autocast=False)
+    monai_out, monai_grads, monai_softmax = _step(monai_attn, x, mask, autocast=True)
+    out, grads, softmax = _step(ours, x, mask, autocast=True)
+    assert monai_softmax == [torch.float32]  # what this class removes: float32 logits under bf16 autocast
+    assert softmax == [torch.bfloat16]
+    assert _rel_err(out, exact_out) <= 2 * _rel_err(monai_out, exact_out) + 1e-3
+    for name, exact in exact_grads.items():
+        assert grads[name].abs().sum() > 0, name  # the bias table and every weight train
+        assert _rel_err(grads[name], exact) <= 2 * _rel_err(monai_grads[name], exact) + 1e-2, name
