@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets.swin_unetr import SwinTransformerBlock, WindowAttention
+from monai.networks.nets.swin_unetr import SwinTransformer, SwinTransformerBlock, WindowAttention
 
-from diffmed_monai.networks import DiffMedDINOv3, LogitsDtypeWindowAttention
+from diffmed_monai.networks import DiffMedDINOv3, LogitsDtypeWindowAttention, use_logits_dtype_bias
 
 from .conftest import TINY_NET
 
@@ -82,3 +82,21 @@ def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_
     for name, exact in exact_grads.items():
         assert grads[name].abs().sum() > 0, name  # the bias table and every weight train
         assert _rel_err(grads[name], exact) <= 2 * _rel_err(monai_grads[name], exact) + 1e-2, name
+
+
+
+def test_installing_it_leaves_seeded_initialisation_as_monai_builds_it():
+    """The swap draws no random numbers: a seeded network gets the weights it had with MONAI's class, and the
+    generator continues where it would have."""
+
+    def build(swap: bool):
+        torch.manual_seed(0)
+        swin = SwinTransformer(1, 12, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1, 1, 1), spatial_dims=2)
+        if swap:
+            use_logits_dtype_bias(swin)
+        return swin.state_dict(), torch.rand(8)
+
+    (monai_state, monai_next), (our_state, our_next) = build(False), build(True)
+    assert monai_state.keys() == our_state.keys()
+    assert all(torch.equal(monai_state[k], our_state[k]) for k in monai_state)
+    assert torch.equal(monai_next, our_next)

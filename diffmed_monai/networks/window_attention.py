@@ -46,19 +46,21 @@ class LogitsDtypeWindowAttention(WindowAttention):
 
 def use_logits_dtype_bias(module: nn.Module) -> nn.Module:
     """Give every MONAI ``SwinTransformerBlock`` inside ``module`` a :class:`LogitsDtypeWindowAttention` carrying its
-    current attention weights (in place; returns ``module``)."""
+    current attention weights (in place; returns ``module``). The random number generator is left as it was, so a
+    seeded network initialises exactly as with MONAI's class."""
     for block in module.modules():
         if isinstance(block, SwinTransformerBlock) and type(block.attn) is WindowAttention:
             old = block.attn
-            new = LogitsDtypeWindowAttention(
-                old.dim,
-                old.num_heads,
-                old.window_size,
-                qkv_bias=old.qkv.bias is not None,
-                attn_drop=old.attn_drop.p,
-                proj_drop=old.proj_drop.p,
-                use_flash_attention=old.use_flash_attention,
-            )
+            with torch.random.fork_rng(devices=[]):
+                new = LogitsDtypeWindowAttention(
+                    old.dim,
+                    old.num_heads,
+                    old.window_size,
+                    qkv_bias=old.qkv.bias is not None,
+                    attn_drop=old.attn_drop.p,
+                    proj_drop=old.proj_drop.p,
+                    use_flash_attention=old.use_flash_attention,
+                )
             new.load_state_dict(old.state_dict())
             block.attn = new.to(old.qkv.weight.device)
     return module
