@@ -24,10 +24,10 @@ def _pair():
     return monai_attn, ours
 
 
-def _inputs():
+def _inputs(masked: bool):
+    """Windows ``(2 * WINDOWS, N, DIM)`` of two images and, if ``masked``, a shifted-window mask of 0 or -100."""
     x = torch.randn(2 * WINDOWS, N, DIM)
-    mask = torch.where(torch.rand(WINDOWS, N, N) < 0.3, -100.0, 0.0)  # shifted-window mask: 0 or -100
-    return x, mask
+    return x, torch.where(torch.rand(WINDOWS, N, N) < 0.3, -100.0, 0.0) if masked else None
 
 
 def _step(attn, x, mask, autocast: bool):
@@ -58,8 +58,7 @@ def test_students_and_fusion_use_it_with_monais_state_dict_keys():
 @pytest.mark.parametrize("masked", [False, True])
 def test_float32_and_inference_are_monais_own_forward(masked):
     monai_attn, ours = _pair()
-    x, mask = _inputs()
-    mask = mask if masked else None
+    x, mask = _inputs(masked)
     ref_out, ref_grads, ref_softmax = _step(monai_attn, x, mask, autocast=False)
     out, grads, softmax = _step(ours, x, mask, autocast=False)
     assert torch.equal(out, ref_out) and softmax == ref_softmax == [torch.float32]
@@ -71,8 +70,7 @@ def test_float32_and_inference_are_monais_own_forward(masked):
 @pytest.mark.parametrize("masked", [False, True])
 def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_bf16(masked):
     monai_attn, ours = _pair()
-    x, mask = _inputs()
-    mask = mask if masked else None
+    x, mask = _inputs(masked)
     exact_out, exact_grads, _ = _step(monai_attn, x, mask, autocast=False)
     monai_out, monai_grads, monai_softmax = _step(monai_attn, x, mask, autocast=True)
     out, grads, softmax = _step(ours, x, mask, autocast=True)
@@ -82,7 +80,6 @@ def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_
     for name, exact in exact_grads.items():
         assert grads[name].abs().sum() > 0, name  # the bias table and every weight train
         assert _rel_err(grads[name], exact) <= 2 * _rel_err(monai_grads[name], exact) + 1e-2, name
-
 
 
 def test_installing_it_leaves_seeded_initialisation_as_monai_builds_it():
