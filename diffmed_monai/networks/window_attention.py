@@ -35,11 +35,11 @@ class LogitsDtypeWindowAttention(WindowAttention):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (b, heads, n, c / heads)
         index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
-        windows = 1 if mask is None else mask.shape[0]
-        bias = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (windows, heads, n, n)
+        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1)  # (windows, heads, n, n); without a mask one "window", (1, heads, n, n)
         logits = (q * self.scale) @ k.transpose(-2, -1)
-        logits = logits.view(b // windows, windows, self.num_heads, n, n) + bias.to(logits.dtype)
+        logits = logits.view(b // bias.shape[0], *bias.shape) + bias.to(logits.dtype)
         attn = self.attn_drop(self.softmax(logits.view(b, self.num_heads, n, n)))
         x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
