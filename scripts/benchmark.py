@@ -160,6 +160,12 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
 
 
+def share_of_floor(flops: float, seconds: float, precision: str, rates: dict) -> float:
+    """Arithmetic floor over wall time: ``flops`` at the matmul rate measured for ``precision`` (``rates``), over
+    the ``seconds`` they took."""
+    return flops / rates[precision] / seconds
+
+
 def count_flops(fn) -> int:
     with flop_counter() as counter:
         fn()
@@ -552,8 +558,8 @@ def run_benchmark(
                 _save(result, output)  # what is measured survives an interrupted run
         if inference_flops:
             for entry in inference.values():
-                entry["fraction_of_floor"] = (entry["flops_per_volume"] / rates[entry["precision"]]
-                                              / entry["seconds_per_volume"])
+                entry["fraction_of_floor"] = share_of_floor(entry["flops_per_volume"], entry["seconds_per_volume"],
+                                                            entry["precision"], rates)
         result["ratios"].update({
             "infer_s_per_volume_diffmed_over_segresnet_3d":
                 inference["diffmed"]["seconds_per_volume"] / inference["segresnet_3d"]["seconds_per_volume"],
@@ -578,7 +584,8 @@ def run_benchmark(
             training[name] = time_training(build_peer_trainer(batches, dev, amp, num_classes, peer_bf16), batch_size,
                                            repeats, warmup, autocast_precision(dev, amp, peer_bf16))
         for entry in training.values():
-            entry["fraction_of_floor"] = entry["slices_per_s"] * entry["flops_per_slice"] / rates[entry["precision"]]
+            entry["fraction_of_floor"] = share_of_floor(entry["flops_per_slice"], 1 / entry["slices_per_s"],
+                                                        entry["precision"], rates)
         meta.update(batch_size=batch_size, steps=steps, image_size=size, teacher_random_init=True,
                     train_cpu_bf16=train_bf16)
         result["training"] = training
@@ -602,7 +609,8 @@ def run_benchmark(
         parts = result["training_parts"] = time_training_parts(presets, batches, dev, amp, overrides, num_classes,
                                                                repeats, warmup)
         for entry in parts.values():
-            entry["fraction_of_floor"] = entry["flops_per_step"] / rates[entry["precision"]] / entry["seconds_per_step"]
+            entry["fraction_of_floor"] = share_of_floor(entry["flops_per_step"], entry["seconds_per_step"],
+                                                        entry["precision"], rates)
         meta.update(batch_size=batch_size, image_size=size, teacher_random_init=True)
         _save(result, output)
     _save(result, output)
