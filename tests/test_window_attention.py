@@ -55,10 +55,14 @@ def test_students_and_fusion_use_it_with_monais_state_dict_keys():
     assert ours.state_dict().keys() == monai_attn.state_dict().keys()
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_float32_and_inference_are_monais_own_forward(masked):
-    monai_attn, ours = _pair()
-    x, mask = _inputs(masked)
+@pytest.fixture(params=[False, True], ids=["unshifted", "shifted"])
+def attention_case(request):
+    """MONAI's and our attention with the same weights, and windows with (shifted) or without a mask."""
+    return (*_pair(), *_inputs(request.param))
+
+
+def test_float32_and_inference_are_monais_own_forward(attention_case):
+    monai_attn, ours, x, mask = attention_case
     ref_out, ref_grads, ref_softmax = _step(monai_attn, x, mask, autocast=False)
     out, grads, softmax = _step(ours, x, mask, autocast=False)
     assert torch.equal(out, ref_out) and softmax == ref_softmax == [torch.float32]
@@ -67,10 +71,8 @@ def test_float32_and_inference_are_monais_own_forward(masked):
         assert torch.equal(ours(x, mask), monai_attn(x, mask))
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_bf16(masked):
-    monai_attn, ours = _pair()
-    x, mask = _inputs(masked)
+def test_bf16_training_keeps_the_softmax_in_bf16_and_float32_accuracy_of_monais_bf16(attention_case):
+    monai_attn, ours, x, mask = attention_case
     exact_out, exact_grads, _ = _step(monai_attn, x, mask, autocast=False)
     monai_out, monai_grads, monai_softmax = _step(monai_attn, x, mask, autocast=True)
     out, grads, softmax = _step(ours, x, mask, autocast=True)
