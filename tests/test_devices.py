@@ -32,8 +32,11 @@ def test_fused_attention_equals_explicit_attention_at_inference(device):
     assert fused.shared_student.swin.layers1[0].blocks[0].attn.use_flash_attention
     assert fused.fusion.blocks.blocks[0].attn.use_flash_attention
     x = torch.randn(2, 4, 64, 64, device=device)
+    tolerance = 1e-4 if device == "cpu" else 1e-3  # CUDA's fused kernels sum in another order than its matmuls
     with torch.inference_mode():
-        torch.testing.assert_close(fused(x), explicit(x), atol=1e-4, rtol=1e-4)
+        got, ref = fused(x), explicit(x)
+    torch.testing.assert_close(got, ref, atol=tolerance, rtol=tolerance)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.999
 
 
 def _batches(n: int, size: int = 32) -> list[dict]:

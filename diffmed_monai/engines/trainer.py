@@ -161,7 +161,6 @@ class DiffMedTrainer(SupervisedTrainer):
             raise ValueError("The teacher passed to DiffMedTrainer has trainable parameters; it must be frozen.")
         if reuse_freed_memory:
             keep_freed_memory()
-        self.total_loss = loss_function
         super().__init__(
             *args,
             loss_function=self._distillation_loss,
@@ -170,6 +169,7 @@ class DiffMedTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.teacher = teacher.to(self.state.device)
+        self.total_loss = loss_function.to(self.state.device)  # its KD statistics are buffers
         self.cpu_bf16 = bool(cpu_bf16) and self.state.device.type == "cpu"
         if self.cpu_bf16:
             autocast_on_cpu(self)
