@@ -13,7 +13,7 @@ from ignite.engine import Events
 from monai.data import DataLoader
 from monai.inferers import SliceInferer
 
-from diffmed_monai.engines import DiffMedTrainer
+from diffmed_monai.engines import DiffMedTrainer, store_frozen_linears_in
 from diffmed_monai.losses import DiffMedLoss
 from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
 
@@ -115,6 +115,33 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
     assert not torch.is_autocast_enabled("cpu")  # the autocast region closed with the step
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+
+
+@pytest.mark.parametrize("backend", ["hf", "timm"])
+def test_frozen_teacher_linears_stored_in_bf16_give_the_same_tokens_bit_for_bit(backend):
+    """The teacher of a ``cpu_bf16`` step keeps its linear layers in bf16 (no re-cast at every call): under bf16
+    autocast its tokens are exactly those of the float32 teacher; its other parameters stay float32."""
+    teacher = DINOv3Teacher(arch="tiny", backend=backend, random_init=True)
+    reference = copy.deepcopy(teacher)
+    assert store_frozen_linears_in(teacher) is teacher
+    linear = {f"{name}.{kind}" for name, m in teacher.named_modules() if isinstance(m, torch.nn.Linear)
+              for kind in ("weight", "bias")}
+    dtypes = {name: p.dtype for name, p in teacher.named_parameters()}
+    assert linear & set(dtypes) and all(dtypes[n] == torch.bfloat16 for n in linear & set(dtypes))
+    assert any(dtype == torch.float32 for name, dtype in dtypes.items() if name not in linear)  # norms, patch conv
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(teacher(x), reference(x))
+    with pytest.raises(ValueError, match="trainable"):
+        store_frozen_linears_in(torch.nn.Linear(2, 2))
+
+
+def test_cpu_bf16_trainer_stores_the_teacher_linears_in_bf16_only_on_a_cpu_with_cpu_bf16():
+    net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET)
+    for cpu_bf16, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        trainer = _trainer(net, DINOv3Teacher(arch="tiny", random_init=True), cpu_bf16=cpu_bf16)
+        assert next(m for m in trainer.teacher.modules() if isinstance(m, torch.nn.Linear)).weight.dtype == dtype
+    assert all(p.dtype == torch.float32 for p in net.parameters())
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,7 +11,7 @@ from .checkpoint import (
     epoch_checkpoints,
     write_atomic,
 )
-from .cpu_autocast import autocast_on_cpu
+from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 from .progress import ProgressPlot
 from .trainer import (
     DiffMedTrainer,
@@ -39,5 +39,6 @@ __all__ = [
     "loss_parts",
     "reuse_freed_memory",
     "sample_modality_mask",
+    "store_frozen_linears_in",
     "write_atomic",
 ]

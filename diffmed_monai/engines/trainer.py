@@ -24,7 +24,7 @@ from torch import nn
 
 from ..losses import LOSS_PARTS
 from .allocator import reuse_freed_memory as keep_freed_memory
-from .cpu_autocast import autocast_on_cpu
+from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 
 __all__ = [
     "DiffMedTrainer",
@@ -141,7 +141,9 @@ class DiffMedTrainer(SupervisedTrainer):
             makes a default-network step 1.45x faster by avoiding page faults).
         cpu_bf16: on a CPU, run the teacher, the forward pass and the loss under bf16 autocast, the region MONAI's
             ``amp`` autocasts on CUDA (``amp`` itself autocasts on CUDA only); backward and optimiser step stay
-            outside it, the weights float32. Config key ``cpu_bf16``, on where the CPU multiplies bf16 natively
+            outside it, the network's weights float32 (the frozen teacher's linear layers are stored in bf16,
+            :func:`~diffmed_monai.engines.store_frozen_linears_in`, which changes no result). Config key
+            ``cpu_bf16``, on where the CPU multiplies bf16 natively
             (:func:`~diffmed_monai.inferers.cpu_has_native_bf16`). Ignored on CUDA.
     """
 
@@ -173,6 +175,7 @@ class DiffMedTrainer(SupervisedTrainer):
         self.cpu_bf16 = bool(cpu_bf16) and self.state.device.type == "cpu"
         if self.cpu_bf16:
             autocast_on_cpu(self)
+            store_frozen_linears_in(self.teacher, torch.bfloat16)  # the teacher runs only under this autocast
         self.modality_dropout_warmup_epochs = modality_dropout_warmup_epochs
         self.add_event_handler(Events.EPOCH_STARTED, self._update_modality_dropout)
         self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_logits_only)
