@@ -3,12 +3,14 @@ MONAI's SliceInferer."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 
-from diffmed_monai.inferers import ForegroundSliceInferer
+from diffmed_monai.inferers import ForegroundSliceInferer, default_cpu_workers
 from diffmed_monai.networks import DiffMedDINOv3
 
 
@@ -178,3 +180,44 @@ def test_crop_slices_batches_within_the_pixel_budget_and_refuses_windows():
     assert sorted(rec.batches) == [(1, 4, 16, 16), (1, 4, 32, 48), (2, 4, 32, 48)]
     with pytest.raises(ValueError, match="roi_size"):
         ForegroundSliceInferer(num_classes=4, crop_slices=True, roi_size=(16, 16))
+
+
+class ThreadProbe(torch.nn.Module):
+    """Calls ``net``; notes each call's thread, intra-op threads, gradient and inference modes and batch shape."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls: list[tuple] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((threading.current_thread().name, torch.get_num_threads(), torch.is_grad_enabled(),
+                           torch.is_inference_mode_enabled(), tuple(x.shape)))
+        return self.net(x)
+
+
+def test_cpu_workers_run_calls_in_threads_with_the_callers_modes_and_the_same_logits(tiny_net):
+    vol, slice_pixels = _volume(), 32 * 48
+    threads = torch.get_num_threads()
+    probes = {workers: ThreadProbe(tiny_net) for workers in (1, 2)}
+    with torch.inference_mode():
+        out = {workers: ForegroundSliceInferer(num_classes=4, crop_slices=True, max_batch_pixels=slice_pixels,
+                                               cpu_workers=workers)(vol, probe) for workers, probe in probes.items()}
+    torch.testing.assert_close(out[2], out[1], rtol=1e-5, atol=1e-5)  # the same calls, summed on fewer threads
+    for probe in probes.values():  # each call within the budget of one call
+        assert sorted(call[4] for call in probe.calls) == [(1, 4, 16, 16)] + [(1, 4, 32, 48)] * 3
+    assert {call[:4] for call in probes[1].calls} == {(threading.current_thread().name, threads, False, True)}
+    assert {call[0].startswith("slice-inferer") for call in probes[2].calls} == {True}
+    assert {call[1:4] for call in probes[2].calls} == {(max(1, threads // 2), False, True)}
+    assert torch.get_num_threads() == threads
+
+    with pytest.raises(ValueError, match="num_classes"):  # a worker's error reaches the caller
+        ForegroundSliceInferer(num_classes=4, crop_slices=True, max_batch_pixels=slice_pixels, cpu_workers=2)(
+            vol, torch.nn.Conv2d(4, 3, kernel_size=1))
+    with pytest.raises(ValueError, match="cpu_workers"):
+        ForegroundSliceInferer(num_classes=4, cpu_workers=0)
+
+
+def test_default_cpu_workers_one_per_thread_up_to_two_then_one_per_two_threads():
+    assert [default_cpu_workers(t) for t in (1, 2, 3, 4, 16)] == [1, 2, 1, 2, 8]
+    assert default_cpu_workers() == default_cpu_workers(torch.get_num_threads())
