@@ -40,9 +40,9 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def default_cpu_workers(threads: int | None = None) -> int:
     """Concurrent slice-network calls on a CPU of ``threads`` PyTorch threads (default: ``torch.get_num_threads()``):
     one per thread on up to two threads, else one per two threads. Measured on a real-size case (default network,
-    bf16, ``docs/benchmarks.md``): 2 threads, 2 calls of one thread against 1 of two; 16 threads (Xeon, AMX), 8
-    calls of two threads 6.3-7.2 s against 11.0-12.0 s for one call of 16 (1 call of 16 threads per 4, or 16 of one,
-    in between)."""
+    bf16, two slices per call, ``docs/benchmarks.md``): 2 threads (AMD EPYC), 2 calls of one thread 24.2-24.7 s
+    against 29.4-30.9 s for one call of two; 16 threads (Xeon, AMX), 8 calls of two threads 6.3-7.2 s against
+    11.0-12.0 s for one call of 16 (4 calls of 4 threads, or 16 of one, 7.2-8.6 s)."""
     threads = torch.get_num_threads() if threads is None else int(threads)
     return max(1, threads if threads <= 2 else threads // 2)
 
