@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .data import make_demo_data, prepare_datalist
+from .utils import parse_flags
 
 __all__ = ["BUNDLE_DIR", "demo", "main", "preprocess"]
 
@@ -162,8 +163,9 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fire.Fire({"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist,
-               "preprocess": preprocess})
+    commands = {"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist,
+                "preprocess": preprocess}
+    fire.Fire({name: parse_flags(command) for name, command in commands.items()})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from monai.data import load_decathlon_datalist
 from monai.metrics import compute_dice
 
 from diffmed_monai.engines import check_checkpoint
+from diffmed_monai.utils import parse_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -148,4 +149,4 @@ def format_report(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire(measure, serialize=format_report)  # prints the table; the JSON goes to `output`
+    fire.Fire(parse_flags(measure), serialize=format_report)  # prints the table; the JSON goes to `output`

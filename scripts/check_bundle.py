@@ -18,6 +18,8 @@ import sys
 
 import fire
 
+from diffmed_monai.utils import parse_flags
+
 from bundle_tools import check_bundle
 
 
@@ -28,4 +30,4 @@ def main(*args, **kwargs) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(parse_flags(main))

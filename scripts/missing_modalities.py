@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffmed_monai.data import BRATS_MODALITIES, make_demo_data, make_demo_dataset  # noqa: E402
+from diffmed_monai.utils import parse_flags  # noqa: E402
 
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -202,4 +203,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(parse_flags(main))

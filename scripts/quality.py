@@ -51,7 +51,8 @@ from scipy import ndimage
 
 from diffmed_monai.cli import BUNDLE_DIR
 from diffmed_monai.data import make_demo_dataset, prepare_datalist
-from diffmed_monai.data.store import case_id_of
+from diffmed_monai.utils import parse_flags
+from diffmed_monai.data import case_id_of
 from diffmed_monai.metrics import HausdorffDistance95
 from diffmed_monai.transforms.io import output_path_for
 
@@ -378,4 +379,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main, serialize=lambda report: None)  # the table is printed; the report is in quality.json
+    fire.Fire(parse_flags(main), serialize=lambda report: None)  # the table is printed; the report is in quality.json

@@ -243,11 +243,11 @@ def test_existing_outputs_are_never_replaced_unless_overwrite_and_own(demo_cases
 
     # a second run refuses the earlier prediction too, unless `overwrite`; even then the foreign file stays
     own_bytes = own.read_bytes()
-    with pytest.raises(SystemExit):
-        _run_inference(demo_cases, out, ckpt).finalize()
+    with pytest.raises(SystemExit):  # `--overwrite false` as typed on the command line arrives as a string
+        _run_inference(demo_cases, out, ckpt, overwrite="false").finalize()
     assert own.read_bytes() == own_bytes and foreign.read_bytes() == foreign_bytes
     os.utime(own, (0, 0))
-    wf = _run_inference(demo_cases, out, ckpt, overwrite=True)
+    wf = _run_inference(demo_cases, out, ckpt, overwrite="True")
     with pytest.raises(SystemExit) as err:  # the summary is the last output, exit status 1, no traceback
         wf.finalize()
     assert first in error_chain(err.value)

@@ -8,7 +8,9 @@ from .datalist import (
     BRATS_MODALITIES,
     DATASET_MODALITIES,
     ISLES22_MODALITIES,
+    datalist_entries,
     prepare_datalist,
+    read_datalist,
     scan_amos,
     scan_brats,
     scan_folder,
@@ -33,9 +35,9 @@ from .store import (
     PreprocessSummary,
     SliceStore,
     StoreError,
-    case_id_of,
     describe_transform,
 )
+from ..utils import case_id_of
 
 __all__ = [
     "BRATS2023_MODALITIES",
@@ -59,6 +61,8 @@ __all__ = [
     "StoreVolumeDataset",
     "StoreVolumes",
     "case_id_of",
+    "datalist_entries",
+    "read_datalist",
     "check_case",
     "check_datalist",
     "demo_affine",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -11,8 +10,9 @@ import numpy as np
 
 from ..transforms.io import is_own_prediction, output_path_for
 from ..transforms.pictures import is_own_png
+from ..utils import UnsafeNameError, case_id_of, resampled_shape
 from .checks import check_case
-from .datalist import scan_folder
+from .datalist import datalist_entries, scan_folder
 
 __all__ = ["CasesFailed", "InferenceCases", "require_file"]
 
@@ -76,12 +76,7 @@ class InferenceCases:
         self.valid: list[dict] = []
         self.segmented: list[str] = []
         if datalist:
-            require_file(datalist, "datalist")
-            with open(datalist) as f:
-                content = json.load(f)
-            if datalist_key not in content:
-                raise ValueError(f"Datalist {datalist} has no {datalist_key!r} list (config key `datalist_key`).")
-            cases = content[datalist_key]
+            cases = datalist_entries(require_file(datalist, "datalist"), datalist_key)
         else:
             if not os.path.isdir(dataset_dir):
                 raise FileNotFoundError(f"Input folder {dataset_dir!r} does not exist (config key `dataset_dir`).")
@@ -90,10 +85,15 @@ class InferenceCases:
                 self._fail(os.path.basename(str(folder)), reason)
         _refuse_output_dir_inside_inputs(output_dir, dataset_dir, cases)
         for i, case in enumerate(cases):
-            case_id = str(case.get("case_id") or _case_id_from(case.get("image"), i))
+            where = f"entry {i} of `{datalist_key}` in {datalist}" if datalist else f"folder {case.get('case_id')}"
+            try:
+                case_id = case_id_of(case, where=where)
+            except UnsafeNameError as err:
+                self._fail(f"#{i}", str(err))
+                continue
             try:
                 info = check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite,
-                                  allow_missing_modalities=allow_missing_modalities)
+                                  allow_missing_modalities=allow_missing_modalities, pixdim=pixdim)
                 _refuse_oversized(case_id, info, len(modalities), pixdim, max_voxels)
                 entries = case["image"] if isinstance(case["image"], list) else [case["image"]]
                 entries = [os.path.abspath(os.path.join(dataset_dir, p)) if p else None for p in entries]
@@ -200,7 +200,7 @@ def _refuse_oversized(case_id: str, info: dict, channels: int, pixdim: Sequence[
     """Raise ``ValueError`` if resampling the case to ``pixdim`` gives more than ``budget`` voxels (all channels)."""
     shape, spacing = info["shape"], info["spacing"]
     target = pixdim or spacing
-    resampled = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
+    resampled = resampled_shape(shape, spacing, pixdim)
     voxels = channels * float(np.prod(resampled))
     if voxels > budget:
         raise ValueError(
@@ -224,14 +224,3 @@ def _refuse_output_dir_inside_inputs(output_dir: str, dataset_dir: str, cases: S
                 f"`output_dir` {output_dir!r} is, or is inside, the input folder {folder!r}; label maps would be "
                 "mixed with (and could replace) the inputs. Set `output_dir` to a folder outside `dataset_dir`."
             )
-
-
-def _case_id_from(image, index: int) -> str:
-    first = image[0] if isinstance(image, list) else image
-    if not first:
-        return f"case_{index:04d}"
-    name = os.path.basename(str(first))
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return name.rsplit("_", 1)[0] if isinstance(image, list) else name

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from ..utils import UnsafeNameError, case_id_of, grid_problems, resampled_shape
+
 __all__ = ["ALLOW_MISSING_KEY", "CaseError", "check_case", "check_datalist", "missing_modality_hint"]
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,6 @@ def missing_modality_hint() -> str:
     )
 
 
-def _case_id(case, image_key: str) -> str:
-    if isinstance(case, dict) and case.get("case_id"):
-        return str(case["case_id"])
-    entry = case.get(image_key) if isinstance(case, dict) else None
-    first = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
-    return os.path.basename(str(first)) if first else "<unnamed>"
 
 
 def check_case(
@@ -83,6 +79,7 @@ def check_case(
     require_label: bool = False,
     list_name: str | None = None,
     allow_missing_modalities: bool = False,
+    pixdim: Sequence[float] | None = None,
 ) -> dict:
     """Check one datalist entry before it is used; raise :class:`CaseError` on the first problem.
 
@@ -98,6 +95,9 @@ def check_case(
         allow_missing_modalities: a per-modality image entry that is ``None`` or names a file that does not exist
             is a missing modality, not an error (at least one must be present; a 4D file cannot lack one). Without
             it, a missing file is refused with a message naming the config key ``allow_missing_modalities``.
+        pixdim: the network's voxel size (config key ``pixdim``): a case smaller in-plane than one token once
+            resampled to it is refused, one with fewer than 3 axial slices warned
+            (:func:`~diffmed_monai.utils.grid_problems`). ``None``: not checked.
 
     Checks: every file exists and reads completely; images are 3D (X, Y, Z) (a trailing axis of size 1 is
     accepted), or one 4D file with exactly M volumes on the last axis (2D and 5D refused); M image files;
@@ -108,9 +108,12 @@ def check_case(
         ``{"case_id", "shape": (X, Y, Z), "affine": 4x4 ndarray, "spacing": (sx, sy, sz), "present": [names of the
         modalities whose file is there, in ``modalities`` order]}``.
     """
-    case_id = _case_id(case, image_key)
     if not isinstance(case, dict):
-        raise CaseError(f"Case {case_id}: datalist entry {case!r} is not a dict (check `datalist`).")
+        raise CaseError(f"Datalist entry {case!r} is not a dict (check `datalist`).")
+    try:
+        case_id = case_id_of(case, base_dir, where=f"`datalist` entry {dict(case)!r}")
+    except UnsafeNameError as err:
+        raise CaseError(str(err)) from None
     mods = list(modalities)
     m = len(mods)
     entry = case.get(image_key)
@@ -208,6 +211,12 @@ def check_case(
                     f"Case {case_id}: label file {path} has value(s) [{shown}] outside `label_values`="
                     f"{list(label_values)}; change `label_values` (dataset preset) or fix the label file."
                 )
+    if pixdim is not None:
+        refusal, warning = grid_problems(resampled_shape(ref_shape, ref_zooms, pixdim), f"Case {case_id} ({ref_path})")
+        if refusal:
+            raise CaseError(refusal)
+        if warning:
+            logger.warning("%s", warning)
     return {"case_id": case_id, "shape": ref_shape, "affine": np.asarray(ref_affine), "spacing": ref_zooms,
             "present": present}
 
@@ -223,6 +232,7 @@ def check_datalist(
     label_key: str = "label",
     require_label: bool = False,
     allow_missing_modalities: bool = False,
+    pixdim: Sequence[float] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Run :func:`check_case` on every case, logging progress to this module's logger.
 
@@ -230,7 +240,7 @@ def check_datalist(
     messages name the list. ``require_label``: every case needs a label (training, validation, evaluation).
     ``strict=True`` (training): raise one ``ValueError`` listing every bad case, so nothing starts on bad data.
     ``strict=False`` (inference): return ``(good_cases, error_messages)`` for the caller to report and go on.
-    ``allow_missing_modalities``: see :func:`check_case` (evaluation of cases with a subset of the modalities).
+    ``allow_missing_modalities``, ``pixdim``: see :func:`check_case`.
     """
     lists = dict(cases) if isinstance(cases, Mapping) else {None: cases}
     flat = [(name, case) for name, items in lists.items() for case in items]
@@ -240,7 +250,7 @@ def check_datalist(
     for i, (name, case) in enumerate(flat, 1):
         try:
             check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label, name,
-                       allow_missing_modalities)
+                       allow_missing_modalities, pixdim)
             good.append(case)
         except CaseError as err:
             errors.append(str(err))

@@ -17,6 +17,10 @@ import random
 import re
 from collections.abc import Sequence
 
+from monai.data import load_decathlon_datalist
+
+from ..utils import NIFTI_EXTS, strip_nifti_ext
+
 __all__ = [
     "AMOS_MRI_FIRST_ID",
     "BRATS2023_MODALITIES",
@@ -27,12 +31,13 @@ __all__ = [
     "scan_brats",
     "scan_folder",
     "prepare_datalist",
+    "datalist_entries",
+    "read_datalist",
     "scan_isles22",
     "split_cases",
     "write_datalist",
 ]
 
-NIFTI_EXTS = (".nii.gz", ".nii")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 #: BraTS 2023-2025 (GLI, MEN, MET, PED, SSA): native T1, contrast T1, T2-weighted, T2-FLAIR, in that order
 BRATS2023_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
@@ -75,13 +80,6 @@ def _require_dir(root: str) -> str:
 
 def _is_nifti(name: str) -> bool:
     return name.endswith(NIFTI_EXTS) and not name.startswith(".")
-
-
-def _strip_ext(name: str) -> str:
-    for ext in NIFTI_EXTS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _find(folder: str, stem: str) -> str | None:
@@ -224,7 +222,7 @@ def scan_amos(root: str, modality: str = "ct", require_label: bool = True) -> tu
     cases, skipped = [], []
     for images_dir, labels_dir in (("imagesTr", "labelsTr"), ("imagesVa", "labelsVa")):
         for path in sorted(glob.glob(os.path.join(root, images_dir, "amos_*.nii*"))):
-            case_id = _strip_ext(os.path.basename(path))
+            case_id = strip_nifti_ext(os.path.basename(path))
             match = re.fullmatch(r"amos_(\d+)", case_id)
             if match is None or not _is_nifti(os.path.basename(path)):
                 skipped.append((path, "file name is not amos_<number>.nii.gz"))
@@ -263,7 +261,7 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
             files = sorted(f for f in os.listdir(path) if _is_nifti(f))
             images, problems = [], []
             for modality in mods:
-                hits = [f for f in files if _strip_ext(f).endswith((f"_{modality}", f"-{modality}"))]
+                hits = [f for f in files if strip_nifti_ext(f).endswith((f"_{modality}", f"-{modality}"))]
                 if len(hits) == 1:
                     images.append(os.path.join(entry, hits[0]))
                 elif hits:
@@ -283,7 +281,7 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
                 continue
             cases.append({"case_id": entry, "image": images})
         elif _is_nifti(entry):
-            cases.append({"case_id": _strip_ext(entry), "image": entry})
+            cases.append({"case_id": strip_nifti_ext(entry), "image": entry})
     return cases, skipped
 
 
@@ -304,6 +302,41 @@ def split_cases(cases: Sequence[dict], val_fraction: float = 0.2, seed: int = 0)
     if val_fraction > 0 and len(order) >= 2:
         n_val = min(max(n_val, 1), len(order) - 1)
     return order[n_val:], order[:n_val]
+
+
+def read_datalist(path: str, list_key: str, base_dir: str | None = None, key: str = "datalist") -> list[dict]:
+    """The ``list_key`` list of the datalist JSON ``path`` (:func:`datalist_entries`), paths joined to ``base_dir``
+    by MONAI's ``load_decathlon_datalist`` (the bundle's training and evaluation lists)."""
+    datalist_entries(path, list_key, key)
+    return load_decathlon_datalist(path, data_list_key=list_key, base_dir=base_dir)
+
+
+def datalist_entries(path: str, list_key: str, key: str = "datalist") -> list[dict]:
+    """The ``list_key`` list of the datalist JSON ``path`` as written (paths not joined).
+
+    A missing or unreadable file, invalid JSON (a truncated file), a missing list or entries that are not dicts
+    with ``image`` are a ``ValueError`` naming the file, the line and the config ``key`` (MONAI's loader would
+    raise a bare ``JSONDecodeError``).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"Datalist {path!r} does not exist (config key `{key}`).") from None
+    except OSError as err:
+        raise ValueError(f"Datalist {path!r} cannot be read ({err.strerror}; config key `{key}`).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"Datalist {path!r} is not valid JSON ({err}); the file is truncated or was edited by "
+                         f"hand: fix it or write it again with prepare_datalist (config key `{key}`).") from None
+    if not isinstance(content, dict) or not isinstance(content.get(list_key), list):
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"Datalist {path!r} has no {list_key!r} list (it holds {found}; config key `{key}`).")
+    for i, entry in enumerate(content[list_key]):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"Datalist {path!r}: entry {i} of {list_key!r} is not a dict with an 'image' key "
+                             f"({entry!r:.120}; config key `{key}`).")
+    return content[list_key]
 
 
 def write_datalist(path: str, train: Sequence[dict], val: Sequence[dict], test: Sequence[dict] | None = None) -> str:

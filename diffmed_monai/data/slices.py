@@ -1,10 +1,10 @@
 """MONAI datasets over a :class:`~diffmed_monai.data.SliceStore`: axial slices for training, volumes for validation.
 
 Both are ``monai.data.Dataset`` over a lazy sequence that reads from the store's memory-mapped arrays when an
-item is asked for, so a process holds no voxel data beyond the items in flight: its memory does not grow with the number
-of cases (its index is 8 bytes per slice and one offset and id per case). Under DDP each rank builds the same small index and a
-``DistributedSampler`` (e.g. MONAI's ``DistributedWeightedRandomSampler``) picks its own slices; the store's files
-are shared through the page cache.
+item is asked for, so a process holds no voxel data beyond the items in flight: its memory does not grow with the
+number of cases (its index is 16 bytes per slice, voxel counts and checksums, and one offset and id per case). Under
+DDP each rank builds the same small index and a ``DistributedSampler`` (e.g. MONAI's
+``DistributedWeightedRandomSampler``) picks its own slices; the store's files are shared through the page cache.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class StoreSlices(Sequence):
         #: (S,) int32 voxels of class 0 and of the other classes in each slice
         self.background = counts[:, 0].astype(np.int32)
         self.foreground = counts[:, 1:].sum(axis=1).astype(np.int32)
+        #: (S, 2) uint32 recorded CRC-32 of each slice's image and label, checked at every read
+        self.checksums = np.concatenate([r.checksums for r in records]) if records else np.zeros((0, 2), np.uint32)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -61,7 +63,7 @@ class StoreSlices(Sequence):
 
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
         case_id, z = self.locate(int(index))
-        image, label = self.store.read_slice(case_id, z)
+        image, label = self.store.read_slice(case_id, z, self.checksums[int(index) % len(self)])
         return {"image": image, "label": label[None], "case_id": case_id, "slice_index": z}
 
 
@@ -72,13 +74,14 @@ class StoreVolumes(Sequence):
     def __init__(self, store: SliceStore, records: Sequence[CaseRecord]) -> None:
         self.store = store
         self.case_ids = [r.case_id for r in records]
+        self.checksums = [r.checksums for r in records]
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
         case_id = self.case_ids[index]
-        image, label = self.store.read_volume(case_id)
+        image, label = self.store.read_volume(case_id, self.checksums[index])
         return {
             "image": np.ascontiguousarray(np.moveaxis(image, 0, -1)),
             "label": np.ascontiguousarray(np.moveaxis(label, 0, -1))[None],

@@ -39,12 +39,14 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-import re
 import shutil
+import threading
 import time
 import types
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -54,13 +56,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils import UnsafeNameError, case_id_of, fsync_dir, grid_problems
+
 __all__ = [
     "STORE_FORMAT_VERSION",
     "CaseRecord",
     "PreprocessSummary",
     "SliceStore",
     "StoreError",
-    "case_id_of",
     "describe_transform",
 ]
 
@@ -74,7 +77,6 @@ STORE_FILE = "store.json"
 CASES_DIR = "cases"
 IMAGE_FILE, LABEL_FILE, CASE_FILE = "image.npy", "label.npy", "case.json"
 _TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _EXPLICIT_SETTINGS = ("format_version", "modalities", "label_values", "pixdim", "image_dtype", "label_dtype")
 
 
@@ -162,6 +164,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_REPAIR_HINT = ("run the preprocessing again with `verify_store` true (diffmed-monai preprocess --verify_store true): "
+                "it rewrites damaged cases from their source files")
+
+
+def _checksums(meta: Mapping) -> np.ndarray:
+    """``(Z, 2)`` uint32 recorded CRC-32 of each slice's image and label (``case.json``'s ``slice_crc32``)."""
+    return np.asarray(meta["slice_crc32"], dtype=np.uint32).reshape(-1, 2)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # records and summaries
 
@@ -174,11 +185,14 @@ class CaseRecord:
         case_id: the case's folder name under ``cases/``.
         shape: ``(Z, M, X, Y)`` of ``image.npy`` (``label.npy`` is ``(Z, X, Y)``).
         label_counts: ``(Z, C)`` int64, voxels of each class in each axial slice.
+        checksums: ``(Z, 2)`` uint32, CRC-32 of each axial slice of ``image.npy`` and of ``label.npy``, checked
+            whenever a slice is read (:meth:`SliceStore.read_slice`).
     """
 
     case_id: str
     shape: tuple[int, int, int, int]
     label_counts: np.ndarray
+    checksums: np.ndarray
 
     @property
     def num_slices(self) -> int:
@@ -220,25 +234,6 @@ class PreprocessSummary:
         return text
 
 
-def case_id_of(case: Mapping) -> str:
-    """The store's name for a datalist entry: its ``case_id``, else the first image file's name without the
-    extension and its ``_<modality>`` suffix (``BraTS2021_00000_t1.nii.gz`` -> ``BraTS2021_00000``).
-
-    Only the last path component of ``case_id`` counts: ``load_decathlon_datalist`` prefixes it with
-    ``dataset_dir`` when a folder of that name exists there (as in the BraTS layout)."""
-    if case.get("case_id"):
-        return os.path.basename(os.path.normpath(str(case["case_id"])))
-    image = case.get("image")
-    first = image[0] if isinstance(image, (list, tuple)) and image else image
-    if not first:
-        raise StoreError(f"Datalist entry {dict(case)!r} has neither `case_id` nor `image` (check `datalist`).")
-    name = os.path.basename(str(first))
-    for ext in (".nii.gz", ".nii", ".npy"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return name.rsplit("_", 1)[0] if isinstance(image, (list, tuple)) and len(image) > 1 and "_" in name else name
-
-
 def _source_files(case: Mapping, base_dir: str | None) -> list[str]:
     image = case.get("image")
     paths = list(image) if isinstance(image, (list, tuple)) else [image]
@@ -257,14 +252,6 @@ def _fingerprint(paths: Sequence[str]) -> list[list]:
         except OSError:
             out.append([os.path.basename(p), None, None])
     return out
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: str, write: Callable) -> int:
@@ -365,7 +352,7 @@ class SliceStore:
             tmp = f"{path}.tmp-{os.getpid()}"
             _write_synced(tmp, lambda f: f.write((json.dumps(content, indent=1) + "\n").encode()))
             os.replace(tmp, path)
-            _fsync_dir(self.store_dir)
+            fsync_dir(self.store_dir)
             logger.info("New store at %s", self.store_dir)
             return
         try:
@@ -404,8 +391,9 @@ class SliceStore:
 
     # ---------------------------------------------------------------------------------------------------- cases
 
-    def _state(self, case_id: str, sources: list[list] | None) -> tuple[str, dict | None]:
-        """``("complete", meta)``, ``("missing", None)`` or ``("stale: <why>", meta)`` of one case."""
+    def _state(self, case_id: str, sources: list[list] | None, verify: bool = False) -> tuple[str, dict | None]:
+        """``("complete", meta)``, ``("missing", None)`` or ``("stale: <why>", meta)`` of one case; with ``verify``
+        every slice is read and checked against its recorded checksum."""
         folder = self.case_dir(case_id)
         try:
             with open(os.path.join(folder, CASE_FILE)) as f:
@@ -426,6 +414,14 @@ class SliceStore:
         if sources is not None and meta.get("sources") != sources:
             changed = [s[0] for s, r in zip(sources, meta.get("sources") or []) if s != r] or ["the file list"]
             return f"stale: source file(s) changed since preprocessing ({', '.join(changed)})", meta
+        if len(meta.get("slice_crc32") or []) != meta["shape"][0]:
+            return "stale: written without per-slice checksums (an older version)", meta
+        if verify:
+            try:
+                image, label = self.read_volume(case_id, _checksums(meta))
+                del image, label
+            except StoreError as err:
+                return f"stale: {err}", meta
         return "complete", meta
 
     def records(self, cases: Sequence[Mapping], base_dir: str | None = None, key: str = "datalist") -> list[CaseRecord]:
@@ -437,13 +433,13 @@ class SliceStore:
         self.check_settings(create=False)
         out, problems = [], []
         for case in cases:
-            case_id = case_id_of(case)
+            case_id = case_id_of(case, base_dir)
             state, meta = self._state(case_id, _fingerprint(_source_files(case, base_dir)))
             if state != "complete":
                 problems.append(f"{case_id}: {state}")
                 continue
             counts = np.asarray(meta["label_counts"], dtype=np.int64).reshape(meta["shape"][0], -1)
-            out.append(CaseRecord(case_id, tuple(int(s) for s in meta["shape"]), counts))
+            out.append(CaseRecord(case_id, tuple(int(s) for s in meta["shape"]), counts, _checksums(meta)))
         if problems:
             shown = "\n  ".join(problems[:10])
             if len(problems) > 10:
@@ -456,16 +452,45 @@ class SliceStore:
             )
         return out
 
-    def read_slice(self, case_id: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Axial slice ``index`` of a case: image ``(M, X, Y)`` float16 and label ``(X, Y)`` uint8 (copies, read
-        through a memory map; the rest of the case is not read)."""
-        image = np.load(self.image_path(case_id), mmap_mode="r")
-        label = np.load(self.label_path(case_id), mmap_mode="r")
-        return np.array(image[index]), np.array(label[index])
+    def _open(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return (np.load(self.image_path(case_id), mmap_mode="r"),
+                    np.load(self.label_path(case_id), mmap_mode="r"))
+        except (OSError, ValueError) as err:
+            raise StoreError(f"Case {case_id} in the store {self.store_dir} cannot be read ({err}); "
+                             f"{_REPAIR_HINT}") from None
 
-    def read_volume(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """A whole case as memory maps: image ``(Z, M, X, Y)`` float16 and label ``(Z, X, Y)`` uint8."""
-        return np.load(self.image_path(case_id), mmap_mode="r"), np.load(self.label_path(case_id), mmap_mode="r")
+    def _verify(self, case_id: str, index: int, image: np.ndarray, label: np.ndarray, expected) -> None:
+        got = (zlib.crc32(image), zlib.crc32(label))
+        if tuple(int(c) for c in expected) != got:
+            which = IMAGE_FILE if got[0] != int(expected[0]) else LABEL_FILE
+            raise StoreError(
+                f"Case {case_id}: slice {index} of {os.path.join(self.case_dir(case_id), which)} does not match the "
+                f"checksum recorded when it was written: the file was changed or damaged on disk "
+                f"(config key `store_dir`); {_REPAIR_HINT}"
+            )
+
+    def read_slice(self, case_id: str, index: int, checksums=None) -> tuple[np.ndarray, np.ndarray]:
+        """Axial slice ``index`` of a case: image ``(M, X, Y)`` float16 and label ``(X, Y)`` uint8 (copies, read
+        through a memory map; the rest of the case is not read). ``checksums``: the slice's recorded ``(image,
+        label)`` CRC-32 (a row of :attr:`CaseRecord.checksums`); a mismatch is a :class:`StoreError` naming the file."""
+        image, label = self._open(case_id)
+        image, label = np.array(image[index]), np.array(label[index])
+        if checksums is not None:
+            self._verify(case_id, index, image, label, checksums)
+        return image, label
+
+    def read_volume(self, case_id: str, checksums=None) -> tuple[np.ndarray, np.ndarray]:
+        """A whole case as memory maps: image ``(Z, M, X, Y)`` float16 and label ``(Z, X, Y)`` uint8; with
+        ``checksums`` (``(Z, 2)``, :attr:`CaseRecord.checksums`) every slice is checked first."""
+        image, label = self._open(case_id)
+        if checksums is not None:
+            if len(checksums) != len(image) or len(label) != len(image):
+                raise StoreError(f"Case {case_id}: {len(image)} image and {len(label)} label slices in the store, "
+                                 f"{len(checksums)} recorded; {_REPAIR_HINT}")
+            for index, expected in enumerate(checksums):
+                self._verify(case_id, index, image[index], label[index], expected)
+        return image, label
 
     # --------------------------------------------------------------------------------------------- preprocessing
 
@@ -477,6 +502,7 @@ class SliceStore:
         check_cases: bool = True,
         progress: bool = True,
         raise_on_failure: bool = True,
+        verify: bool = False,
     ) -> PreprocessSummary:
         """Write every datalist entry that is not yet complete and up to date; skip the others.
 
@@ -490,6 +516,8 @@ class SliceStore:
             progress: show a tqdm progress bar.
             raise_on_failure: after all other cases are written and the summary logged, raise
                 :class:`StoreError` listing the cases that failed (file and reason).
+            verify: read every stored case and check each slice against its checksum; damaged cases are written
+                again (config key ``verify_store``). Otherwise a case counts as complete from its sizes and sources.
 
         Only one run writes a store at a time (an exclusive ``flock`` on ``<store_dir>/.lock``); leftovers of a
         killed run are removed first. Returns a :class:`PreprocessSummary` (also logged).
@@ -504,16 +532,17 @@ class SliceStore:
             self._remove_leftovers()
             todo, seen = [], {}
             for case in cases:
-                case_id = case_id_of(case)
-                if not _SAFE_ID.match(case_id):
-                    summary.failed.append((case_id, f"case id {case_id!r} is not a safe folder name (set `case_id`)"))
+                try:
+                    case_id = case_id_of(case, base_dir)
+                except UnsafeNameError as err:
+                    summary.failed.append((str(case.get("case_id") or case.get("image")), str(err)))
                     continue
                 if case_id in seen:
                     summary.failed.append((case_id, f"case id {case_id} appears twice in the datalist"))
                     continue
                 seen[case_id] = case
                 sources = _source_files(case, base_dir)
-                state, _ = self._state(case_id, _fingerprint(sources))
+                state, _ = self._state(case_id, _fingerprint(sources), verify=verify)
                 if state == "complete":
                     summary.present += 1
                     continue
@@ -585,12 +614,25 @@ class _Job:
 _WORKER_JOB: _Job | None = None
 
 
+def _exit_with_parent() -> None:
+    """In a worker process: wait until the parent process ends, then end this process at once.
+
+    A killed preprocessing run (``kill -9``) cannot shut its pool down, and the workers would go on writing cases
+    without the store lock; this thread ends them. ``os._exit``: nothing of the worker is worth cleaning up (a case
+    being written is in a temporary folder that the next run removes)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+
 def _init_worker(job: _Job) -> None:
     import torch
 
     global _WORKER_JOB
     torch.set_num_threads(1)
     _WORKER_JOB = job
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def _run_in_worker(task: tuple) -> dict:
@@ -663,6 +705,11 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
                 f"the transforms gave image {image.shape} and label {label.shape}; expected (M={m}, X, Y, Z) and "
                 f"(1, X, Y, Z) (check `train#load_transforms`, `crop_transforms`, `intensity_transforms`)"
             )
+        refusal, warning = grid_problems(image.shape[1:], f"the case's files ({', '.join(sources)})")
+        if refusal:
+            raise ValueError(refusal)
+        if warning:
+            logger.warning("Case %s: %s", case_id, warning)
         image16 = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=IMAGE_DTYPE)  # (Z, M, X, Y)
         bad = ~np.isfinite(image16)
         if bad.any():
@@ -707,11 +754,12 @@ def _commit(job: _Job, case_id: str, image: np.ndarray, label: np.ndarray, count
             "image_bytes": image_bytes,
             "label_bytes": label_bytes,
             "label_counts": counts.astype(int).tolist(),
+            "slice_crc32": [[zlib.crc32(i), zlib.crc32(lb)] for i, lb in zip(image, label)],
             "affine": affine,
             "sources": sources,
         }
         meta_bytes = _write_synced(os.path.join(tmp, CASE_FILE), lambda f: f.write(json.dumps(meta).encode()))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if replace and os.path.isdir(final):
             old = os.path.join(cases_dir, f"{_OLD_PREFIX}{case_id}-{uuid.uuid4().hex[:8]}")
@@ -722,7 +770,7 @@ def _commit(job: _Job, case_id: str, image: np.ndarray, label: np.ndarray, count
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process completed this case meanwhile
-        _fsync_dir(cases_dir)
+        fsync_dir(cases_dir)
         if old:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

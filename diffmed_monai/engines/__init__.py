@@ -8,9 +8,12 @@ from .checkpoint import (
     CheckpointError,
     ResumableCheckpoint,
     check_checkpoint,
+    NonFiniteWeightsError,
     epoch_checkpoints,
-    write_atomic,
+    non_finite_tensors,
+    set_aside_earlier_run,
 )
+from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 from .progress import ProgressPlot
 from .trainer import (
@@ -31,14 +34,18 @@ __all__ = [
     "DistillationBatch",
     "DistillationInferer",
     "ModalityMaskBatch",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "ProgressPlot",
     "ResumableCheckpoint",
+    "StopOnNonFiniteLoss",
     "autocast_on_cpu",
     "check_checkpoint",
     "epoch_checkpoints",
     "loss_parts",
+    "non_finite_tensors",
     "reuse_freed_memory",
     "sample_modality_mask",
+    "set_aside_earlier_run",
     "store_frozen_linears_in",
-    "write_atomic",
 ]

@@ -10,18 +10,19 @@
   only with a better model.
 * :func:`check_checkpoint`: a checkpoint that cannot be read or does not fit the network is an error naming the
   file, the config key and each parameter that differs.
+* No file with a non-finite (NaN/inf) tensor is ever written (:class:`NonFiniteWeightsError`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,18 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from ..utils import write_atomic
+
 __all__ = [
     "AtomicDiskSaver",
     "BestModelCheckpoint",
     "CheckpointError",
     "CheckedCheckpointLoader",
+    "NonFiniteWeightsError",
     "ResumableCheckpoint",
     "check_checkpoint",
     "epoch_checkpoints",
-    "write_atomic",
+    "non_finite_tensors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,38 +59,34 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file, the config key and what differs."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class UnreadableCheckpointError(CheckpointError):
+    """A file that cannot be read as a checkpoint at all (empty, truncated, not a checkpoint, holding code)."""
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
+class NonFiniteWeightsError(RuntimeError):
+    """Refusal to write (or resume from) weights holding NaN or inf values."""
 
-    A kill at any moment leaves either the old ``path`` or the new one, never a partial file (the temporary file
-    ``.<name>.*.tmp`` may stay behind). The file gets the permissions of a new file under the umask.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+def non_finite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in ``obj`` (nested dicts / lists, e.g. a checkpoint or a
+    ``state_dict``) that hold a NaN or inf value."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix or "tensor"] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, Mapping):
+        return [n for k, v in obj.items() for n in non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in non_finite_tensors(v, f"{prefix}.{i}" if prefix else str(i))]
+    return []
+
+
+def _refuse_non_finite(obj: Any, path: str | os.PathLike) -> None:
+    bad = non_finite_tensors(obj)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteWeightsError(
+            f"Not writing {path}: {len(bad)} tensor(s) hold NaN/inf values ({shown}); the training diverged. The "
+            "files already saved are left as they are."
+        )
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -110,7 +110,8 @@ class AtomicDiskSaver(BaseSaveHandler):
         if idist.get_rank() != self.save_on_rank:
             return
         name = self.filename or filename
-        write_atomic(self.dirname / name, lambda f: torch.save(checkpoint, f))
+        _refuse_non_finite(checkpoint, self.dirname / name)
+        write_atomic(self.dirname / name, lambda f: torch.save(checkpoint, f), key="ckpt_dir")
         pending, self._pending_removals = self._pending_removals, []
         for old in pending:
             if old != name:
@@ -176,7 +177,7 @@ def check_checkpoint(path: str | os.PathLike, load_dict: Mapping[str, Any], key:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # EOFError, UnpicklingError, RuntimeError (zip), pickle that would run code...
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(
+        raise UnreadableCheckpointError(
             f"Checkpoint {path!r} (config key `{key}`) cannot be read as a PyTorch checkpoint of tensors "
             f"({type(err).__name__}: {first_line[:200]}); it is empty, truncated, not a checkpoint, or holds code. "
             f"Point `{key}` at a file written by this bundle's training."
@@ -218,15 +219,58 @@ class CheckedCheckpointLoader(CheckpointLoader):
         self.loaded = True
 
 
+
+
+def _set_aside(path: str, suffix: str) -> str:
+    """Rename ``path`` to ``<path><suffix>`` (``.1``, ``.2``... appended if taken); return the new path."""
+    target, n = path + suffix, 0
+    while os.path.lexists(target):
+        n += 1
+        target = f"{path}{suffix}.{n}"
+    os.rename(path, target)
+    return target
+
+
+def set_aside_earlier_run(ckpt_dir: str, best_name: str = "model.pt") -> str | None:
+    """Move an earlier run's files (``model.pt``, ``model.json``, ``checkpoint_epoch=N.pt``, set-aside unreadable
+    checkpoints) from ``ckpt_dir`` into ``ckpt_dir/earlier_run_<UTC time>/``; return that folder, or ``None`` when
+    there was nothing to move. A fresh training (``resume`` false) calls it, so it never replaces an earlier run's
+    best model nor leaves its checkpoints for a later resume."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    record = os.path.splitext(best_name)[0] + ".json"
+    names = [n for n in sorted(os.listdir(ckpt_dir)) if n in (best_name, record) or EPOCH_CHECKPOINT.match(n)
+             or ".unreadable" in n and n.startswith("checkpoint_epoch=")]
+    if not names:
+        return None
+    folder = os.path.join(ckpt_dir, time.strftime("earlier_run_%Y%m%d-%H%M%S", time.gmtime()))
+    folder = folder if not os.path.lexists(folder) else _set_aside(folder, "")  # two fresh runs in one second
+    os.makedirs(folder)
+    for name in names:
+        os.rename(os.path.join(ckpt_dir, name), os.path.join(folder, name))
+    logger.warning("`resume` is false: the earlier run's %s moved from %s to %s; this training starts its own.",
+                   ", ".join(names), ckpt_dir, folder)
+    return folder
+
+
 class ResumableCheckpoint:
-    """Save a resumable checkpoint every ``save_interval`` epochs and resume from the newest one at start.
+    """Save a resumable checkpoint every ``save_interval`` epochs and resume from the newest usable one at start.
 
     Attach it to the trainer like any handler. It adds the trainer itself as ``"trainer"`` to ``save_dict`` (so
     the config needs no circular reference to the trainer) and saves ``checkpoint_epoch=N.pt`` into ``ckpt_dir``
     with Ignite's ``Checkpoint`` and :class:`AtomicDiskSaver`: a kill at any moment loses at most the current
-    epoch. When ``resume`` is true and such a file exists, the newest is checked (:func:`check_checkpoint`) and
-    loaded before the first iteration: network, optimiser, KD statistics and trainer state (epoch, iteration),
-    keeping the configured ``max_epochs``. Older files beyond ``n_saved`` (from earlier runs) are removed.
+    epoch, and no checkpoint with NaN/inf weights is written.
+
+    With ``resume`` (default), before the first iteration the checkpoints are tried newest first: one that cannot
+    be read (empty, truncated: a full disk) or holds NaN/inf is renamed ``<name>.unreadable`` and reported, and the
+    next older one is tried; the first usable one is checked against the network (:func:`check_checkpoint`: a
+    checkpoint of another network is an error, not skipped) and loaded (network, optimiser, KD statistics, trainer
+    epoch and iteration; ``max_epochs`` stays the configured one). Only then are older checkpoints beyond ``n_saved``
+    removed: the last good checkpoint is never deleted before a newer one has loaded.
+
+    Without ``resume`` (a fresh training), an earlier run's files in ``ckpt_dir`` are moved aside first
+    (:func:`set_aside_earlier_run`), so that run's best model is never replaced and its checkpoints are never
+    resumed later.
 
     Args:
         ckpt_dir: folder for the checkpoints. save_dict: name -> object with a ``state_dict`` (no teacher).
@@ -250,41 +294,70 @@ class ResumableCheckpoint:
             objects, AtomicDiskSaver(self.ckpt_dir), score_function=lambda e: e.state.epoch, score_name="epoch",
             n_saved=self.n_saved,
         )
-        existing = epoch_checkpoints(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else []
-        if existing and idist.get_rank() == 0:  # leftovers of writes killed in earlier runs
+        if os.path.isdir(self.ckpt_dir) and idist.get_rank() == 0:  # leftovers of writes killed in earlier runs
             for name in filter(KILLED_WRITE.match, os.listdir(self.ckpt_dir)):
                 os.remove(os.path.join(self.ckpt_dir, name))
-        if self.resume and existing:
-            self.loaded_path = os.path.join(self.ckpt_dir, existing[-1][1])
-            engine.add_event_handler(Events.STARTED, self._load, objects)
-            if idist.get_rank() == 0:  # earlier runs' files beyond n_saved; the newest (resumed from) stays
-                for _, name in existing[: -self.n_saved]:
-                    os.remove(os.path.join(self.ckpt_dir, name))
-            checkpointer.load_state_dict({"_saved": existing[-self.n_saved :]})
-        elif self.resume:
+        if not self.resume:
+            if idist.get_rank() == 0:
+                set_aside_earlier_run(self.ckpt_dir)
+        elif os.path.isdir(self.ckpt_dir) and epoch_checkpoints(self.ckpt_dir):
+            engine.add_event_handler(Events.STARTED, self._load, objects, checkpointer)
+        else:
             logger.info("No checkpoint in %s: training starts from scratch.", self.ckpt_dir)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpointer)
 
-    def _load(self, engine, objects: Mapping) -> None:
-        logger.info("Resuming training from %s", self.loaded_path)
-        checkpoint = check_checkpoint(self.loaded_path, objects, key="ckpt_dir")
-        max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
-        if engine.state.epoch > max_epochs:
-            raise ValueError(
-                f"Checkpoint {self.loaded_path} is at epoch {engine.state.epoch}, beyond `epochs`={max_epochs}; "
-                "raise `epochs` or set `resume` to false."
-            )
-        engine.state.max_epochs = max_epochs
+    def _load(self, engine, objects: Mapping, checkpointer: Checkpoint) -> None:
+        existing = epoch_checkpoints(self.ckpt_dir)
+        for index in range(len(existing) - 1, -1, -1):
+            path = os.path.join(self.ckpt_dir, existing[index][1])
+            try:
+                checkpoint = check_checkpoint(path, objects, key="ckpt_dir")
+                _refuse_non_finite(checkpoint, path)
+            except (UnreadableCheckpointError, NonFiniteWeightsError) as err:
+                logger.error("Checkpoint %s is not usable: %s", path, str(err).splitlines()[0])
+                if idist.get_rank() == 0:
+                    logger.error("  set aside as %s; trying the one before it.", _set_aside(path, ".unreadable"))
+                continue
+            logger.info("Resuming training from %s", path)
+            max_epochs = engine.state.max_epochs
+            Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+            if engine.state.epoch > max_epochs:
+                raise ValueError(
+                    f"Checkpoint {path} is at epoch {engine.state.epoch}, beyond `epochs`={max_epochs}; raise "
+                    "`epochs` or set `resume` to false."
+                )
+            engine.state.max_epochs = max_epochs
+            self.loaded_path = path
+            kept = existing[: index + 1][-self.n_saved:]
+            if idist.get_rank() == 0:  # older files beyond n_saved, only now that a newer one has loaded
+                for _, name in existing[: index + 1][: -self.n_saved]:
+                    os.remove(os.path.join(self.ckpt_dir, name))
+            checkpointer.load_state_dict({"_saved": kept})
+            return
+        logger.warning("No usable checkpoint in %s: training starts from scratch.", self.ckpt_dir)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class BestModelCheckpoint:
     """Evaluator handler: write ``model.pt`` (the network's ``state_dict``) atomically when the key metric improves.
 
-    The score and epoch of the saved model go into ``model.json`` beside it, written before the weights. With
-    ``resume``, a restarted training reads them back, so ``model.pt`` is only ever replaced by a better model and
-    the evaluator's ``best_metric`` / ``best_metric_epoch`` continue; without ``resume`` a new training starts its
-    own record. Only rank 0 writes under DDP.
+    ``model.json`` beside it records the score, the epoch and the SHA-256 of the ``model.pt`` it describes. Order of
+    a save: the weights are written to a temporary file and made durable; the record gains a ``pending`` entry (the
+    new score and the file's checksum); the file is renamed to ``model.pt``; the record is rewritten with the new
+    model as its best. So the best entry never describes weights that are not on disk, and a kill between any two steps is repaired on resume: ``model.pt`` matching the
+    pending entry is the pending model (its weights landed), matching the best entry is the recorded one; matching
+    neither is refused naming both files. No weights holding NaN/inf are written.
+
+    With ``resume``, a restarted training reads the record back, so ``model.pt`` is only ever replaced by a better
+    model and the evaluator's ``best_metric`` / ``best_metric_epoch`` continue; without ``resume`` a new training
+    starts its own record (:class:`ResumableCheckpoint` moves an earlier run's files aside). Only rank 0 writes.
 
     Args:
         save_dir: folder of ``model.pt``. network: the network to save (DDP is unwrapped).
@@ -296,11 +369,51 @@ class BestModelCheckpoint:
         self.path = Path(save_dir) / filename
         self.record = self.path.with_suffix(".json")
         self.network = network
-        self.best: dict | None = None
-        if resume and self.record.is_file() and self.path.is_file():
-            self.best = json.loads(self.record.read_text())
+        self.best: dict | None = self._read_record() if resume else None
+        if self.best is not None:
             logger.info("Best model so far: %s (%s %.4f at epoch %d)", self.path, self.best["key_metric_name"],
                         self.best["metric"], self.best["epoch"])
+
+    def _read_record(self) -> dict | None:
+        """The record of ``model.pt`` checked against the file (repaired after a killed save), or ``None``."""
+        if not self.record.is_file():
+            return None
+        try:
+            record = json.loads(self.record.read_text())
+            pending = record.pop("pending", None)
+            best = None if not record else {k: record[k] for k in ("key_metric_name", "metric", "epoch")}
+            for entry in filter(None, (best, pending)):
+                float(entry["metric"]), int(entry["epoch"]), str(entry["key_metric_name"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"The best-model record {self.record} is unreadable ({type(err).__name__}: {err}); it describes "
+                f"{self.path}. Move both files aside to start a new record, or set `resume` to false (the earlier "
+                "run's files are then moved aside)."
+            ) from None
+        if not self.path.is_file():
+            logger.warning("%s records a best model, but %s does not exist: a new record starts.", self.record,
+                           self.path)
+            return None
+        if best is not None and record.get("sha256") is None:  # written before records carried checksums
+            logger.warning("%s has no checksum of %s; taken as it is.", self.record, self.path)
+            return best
+        actual = _sha256(self.path)
+        if best is not None and record["sha256"] == actual:
+            return {**best, "sha256": actual}
+        if isinstance(pending, dict) and pending.get("sha256") == actual:
+            logger.warning("%s: the last save was interrupted after its weights were written; the record now names "
+                           "them (%s %.4f at epoch %d).", self.record, pending["key_metric_name"], pending["metric"],
+                           pending["epoch"])
+            if idist.get_rank() == 0:
+                write_atomic(self.record, lambda f: f.write(json.dumps(pending).encode()), key="ckpt_dir")
+            return dict(pending)
+        described = (f"{best['key_metric_name']} {best['metric']:.4f} at epoch {best['epoch']}" if best
+                     else "only an interrupted save")
+        raise CheckpointError(
+            f"{self.path} (sha256 {actual[:12]}...) is not the model its record {self.record} describes "
+            f"({described}): one of them was replaced outside this training. Move both aside, or set `resume` to "
+            "false (the earlier run's files are then moved aside)."
+        )
 
     def attach(self, engine) -> None:
         if self.best is not None:
@@ -315,7 +428,15 @@ class BestModelCheckpoint:
         record = {"key_metric_name": engine.state.key_metric_name, "metric": score, "epoch": engine.state.epoch}
         if idist.get_rank() == 0:
             network = self.network.module if isinstance(self.network, nn.parallel.DistributedDataParallel) else self.network
+            state = network.state_dict()
+            _refuse_non_finite(state, self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.record, lambda f: f.write(json.dumps(record).encode()))
-            write_atomic(self.path, lambda f: torch.save(network.state_dict(), f))
+
+            def announce(weights_tmp: str) -> None:  # the weights are durable, not yet named model.pt
+                record["sha256"] = _sha256(weights_tmp)
+                pending = {**(self.best or {}), "pending": record}
+                write_atomic(self.record, lambda f: f.write(json.dumps(pending).encode()), key="ckpt_dir")
+
+            write_atomic(self.path, lambda f: torch.save(state, f), key="ckpt_dir", before_replace=announce)
+            write_atomic(self.record, lambda f: f.write(json.dumps(record).encode()), key="ckpt_dir")
         self.best = record

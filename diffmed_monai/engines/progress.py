@@ -14,7 +14,7 @@ from ignite.engine import Events
 from monai.utils import optional_import
 
 from ..losses import LOSS_PARTS
-from .checkpoint import write_atomic
+from ..utils import write_atomic
 
 __all__ = ["ProgressPlot"]
 
@@ -96,5 +96,5 @@ class ProgressPlot:
                 axis.legend(fontsize=8)
         figure.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        write_atomic(self.path, lambda f: figure.savefig(f, format="png", dpi=100))
+        write_atomic(self.path, lambda f: figure.savefig(f, format="png", dpi=100), key="output_dir")
         self.plt.close(figure)

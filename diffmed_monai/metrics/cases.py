@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..transforms.io import case_id_of_item
+from ..utils import write_atomic
 
 __all__ = ["CaseMetricsCSV"]
 
@@ -47,8 +48,6 @@ class CaseMetricsCSV:
             self.rows.append((case_id_of_item(item), present))
 
     def write(self, engine) -> None:
-        from ..engines.checkpoint import write_atomic
-
         details = getattr(engine.state, "metric_details", {}) or {}
         names = [n for n, v in details.items() if isinstance(v, torch.Tensor) and v.ndim >= 1 and len(v) == len(self.rows)]
         buffer = io.StringIO()
@@ -63,5 +62,5 @@ class CaseMetricsCSV:
                 values.append(f"{float(v.mean()):.6g}" if v.numel() else "nan")
             writer.writerow([case_id, present, missing, *values])
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        write_atomic(self.path, lambda f: f.write(buffer.getvalue().encode()))
+        write_atomic(self.path, lambda f: f.write(buffer.getvalue().encode()), key="output_dir")
         logger.info("Per-case metrics with the modalities present: %s", self.path)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
-import tempfile
 from collections.abc import Hashable, Mapping
 
 import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+
+from ..utils import UnsafeNameError, case_file_name, path_inside, strip_nifti_ext, write_atomic
 
 __all__ = [
     "PREDICTION_DESCRIPTION",
@@ -37,9 +39,16 @@ def is_own_prediction(path: str) -> bool:
 
 
 def output_path_for(output_dir: str, case_id: str, postfix: str = "seg", ext: str = ".nii.gz") -> str:
-    """``<output_dir>/<case_id>_<postfix><ext>`` (no postfix part when ``postfix`` is empty)."""
-    name = f"{case_id}_{postfix}{ext}" if postfix else f"{case_id}{ext}"
-    return os.path.join(output_dir, name)
+    """``<output_dir>/<case_id>_<postfix><ext>`` (no postfix part when ``postfix`` is empty).
+
+    ``case_id`` must be a plain file name (:func:`~diffmed_monai.utils.case_file_name`, else ``UnsafeNameError``),
+    and the path is checked to lie inside ``output_dir`` (links resolved), so no datalist entry writes elsewhere.
+    """
+    case_id = case_file_name(case_id)
+    path = os.path.join(output_dir, f"{case_id}_{postfix}{ext}" if postfix else f"{case_id}{ext}")
+    if not path_inside(output_dir, path):
+        raise UnsafeNameError(f"Case {case_id}: output {path} would lie outside `output_dir` {output_dir!r}.")
+    return path
 
 
 def case_id_of_item(item: Mapping, case_id_key: str = "case_id", image_key: str = "image") -> str:
@@ -47,34 +56,17 @@ def case_id_of_item(item: Mapping, case_id_key: str = "case_id", image_key: str 
     joins it to ``dataset_dir`` when a folder has its name), else the image file's name without ``.nii(.gz)``
     (from the ``MetaTensor``'s ``filename_or_obj``), else ``"case"``."""
     if item.get(case_id_key):
-        return os.path.basename(os.path.normpath(str(item[case_id_key])))
+        return case_file_name(os.path.basename(os.path.normpath(str(item[case_id_key]))))
     meta = getattr(item.get(image_key), "meta", None) or {}
-    name = os.path.basename(str(meta.get("filename_or_obj", ""))) or "case"
-    for ext in (".nii.gz", ".nii"):
-        name = name[: -len(ext)] if name.endswith(ext) else name
-    return name
+    return case_file_name(strip_nifti_ext(os.path.basename(str(meta.get("filename_or_obj", "")))) or "case")
 
 
-def write_nifti_atomic(image: nib.Nifti1Image, path: str) -> None:
-    """Save ``image`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: no
-    half-written outputs. The file gets the permissions a new file gets under the process's umask."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def write_nifti_atomic(image: nib.Nifti1Image, path: str, key: str = "output_dir") -> None:
+    """Write ``image`` to ``path`` with :func:`~diffmed_monai.utils.write_atomic` (gzip-compressed for ``.gz``, at
+    nibabel's default level): no half-written outputs; a write error names ``path`` and the config ``key``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = image.to_bytes()
+    write_atomic(path, lambda f: f.write(gzip.compress(data, compresslevel=1) if path.endswith(".gz") else data), key)
 
 
 class SaveLabelNiftid(MapTransform):

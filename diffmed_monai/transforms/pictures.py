@@ -19,6 +19,7 @@ from monai.utils import optional_import
 from nibabel import orientations
 from scipy import ndimage
 
+from ..utils import write_atomic
 from .io import case_id_of_item, output_path_for
 
 __all__ = ["PNG_SOFTWARE", "SaveCasePNGd", "default_png_modalities", "is_own_png", "lesion_centre"]
@@ -178,8 +179,6 @@ class SaveCasePNGd(MapTransform):
 
     def write(self, d: Mapping, key: str) -> str:
         """Draw and write the picture of item ``d``; return its path."""
-        from ..engines.checkpoint import write_atomic
-
         case_id = case_id_of_item(d, self.case_id_key, self.image_key)
         path = self.path_for(case_id)
         if os.path.lexists(path) and not (self.overwrite and is_own_png(path)):
@@ -201,7 +200,8 @@ class SaveCasePNGd(MapTransform):
         present = str(d.get(self.present_key) or "+".join(self.modalities)).split("+")
         figure = self._draw(case_id, image, pred, label, centre, present, spacing)
         os.makedirs(self.output_dir, exist_ok=True)
-        write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=self.dpi, metadata={"Software": PNG_SOFTWARE}))
+        write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=self.dpi, metadata={"Software": PNG_SOFTWARE}),
+                     key="output_dir")
         self.plt.close(figure)
         logger.info("Case %s: picture %s", case_id, path)
         return path
