@@ -114,9 +114,10 @@ def test_kill_during_best_model_update_keeps_the_best_model(small_data, tmp_path
     resumed = _train(config)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     best_after = _record(models)
-    assert best_before["epoch"] == 2 and best_before["metric"] == 2.0  # the record is written before the weights
-    # resumed after epoch 2, the new process scores 1, 2 at epochs 3, 4 (not better: model.pt kept), then 3
-    assert best_after["metric"] == 3.0 and best_after["epoch"] == 5
+    # killed while epoch 2's weights were written: the record still names epoch 1's model (the one on disk), with
+    # epoch 2 only pending; resumed after epoch 2, the new process scores 1, 2, 3 at epochs 3, 4, 5
+    assert best_before["epoch"] == 1 and best_before["metric"] == 1.0 and best_before["pending"]["epoch"] == 2
+    assert best_after["metric"] == 3.0 and best_after["epoch"] == 5 and "pending" not in best_after
     torch.load(models / "model.pt", weights_only=True)
 
 
@@ -163,8 +164,8 @@ def test_stale_checkpoints_of_earlier_runs_are_cleaned(tmp_path):
     engine = Engine(lambda e, b: None)
     handler = ResumableCheckpoint(str(tmp_path), {"model": net}, n_saved=1)
     handler.attach(engine)
-    assert handler.loaded_path.endswith("checkpoint_epoch=5.pt")
     engine.run([0], max_epochs=7)
+    assert handler.loaded_path.endswith("checkpoint_epoch=5.pt")
     assert [name for _, name in epoch_checkpoints(tmp_path)] == ["checkpoint_epoch=7.pt"]
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert engine.state.epoch == 7 and engine.state.iteration == 7  # resumed at 5, ran 6 and 7
@@ -305,9 +306,335 @@ def test_all_zero_modality_is_warned_about(tmp_path, caplog):
 def test_training_refuses_a_bad_resume_checkpoint_naming_it(small_data, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
-    (models / "checkpoint_epoch=3.pt").write_bytes(os.urandom(1000))
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, models / "checkpoint_epoch=3.pt")  # another network
     wf = workflow([TRAIN, TINY], bundle_root=str(tmp_path), dataset_dir=str(small_data), epochs=4, roi_size=[48, 48])
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()
     assert "checkpoint_epoch=3.pt" in error_chain(err.value) and "`ckpt_dir`" in error_chain(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "Nothing lost, round two": booleans, the best-model record, resume, case ids, fresh runs, NaN, sizes, raw errors
+
+
+@pytest.mark.parametrize("typed, expected", [("false", False), ("False", False), ("0", False), ("no", False),
+                                             (0, False), (False, False), ("true", True), ("True", True),
+                                             ("1", True), ("yes", True), (1, True), (True, True)])
+def test_booleans_are_parsed_as_people_type_them(typed, expected):
+    from monai.bundle import ConfigParser
+
+    from diffmed_monai.utils import as_bool
+
+    assert as_bool(typed, "overwrite") is expected
+    for config, key in ((INFER, "overwrite"), (INFER, "save_png"), (TRAIN, "resume"), (TRAIN, "crop_foreground")):
+        parser = ConfigParser()
+        parser.read_config([str(config), str(TINY)])
+        parser.update({key: typed})  # what `python -m monai.bundle run ... --key <typed>` does
+        assert parser.get_parsed_content(f"flags#{key}") is expected
+
+
+@pytest.mark.parametrize("typed", ["flase", "", "2", 2, None, [True]])
+def test_other_boolean_values_are_refused_naming_the_key(typed):
+    from monai.bundle import ConfigParser
+
+    from diffmed_monai.utils import as_bool, parse_flags
+
+    with pytest.raises(ValueError, match="`resume`"):
+        as_bool(typed, "resume")
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(TINY)])
+    parser.update({"resume": typed})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("train#handlers")  # the checkpoint handler takes `resume`
+    assert "`resume`" in error_chain(err.value)
+
+    def command(path: str, overwrite: bool = False):
+        return overwrite
+
+    assert parse_flags(command)("x", overwrite="false") is False  # the `diffmed-monai` command line
+    with pytest.raises(ValueError, match="--overwrite"):
+        parse_flags(command)("x", overwrite=typed)
+
+
+def test_every_boolean_config_key_goes_through_the_one_parser():
+    from monai.bundle import ConfigParser
+
+    for config in (TRAIN, INFER, BUNDLE / "configs" / "evaluate.json"):
+        content = json.loads(config.read_text())
+        for key, value in content.items():
+            if isinstance(value, bool):  # a user-facing boolean key: parsed once, in `flags`
+                assert f"flags#{key}" in content or key in content.get("flags", {}), (config.name, key)
+        text = config.read_text()
+        for key in content.get("flags", {}):
+            assert f'"@{key}"' not in text and f"@{key} " not in text, (config.name, key)  # only @flags#<key>
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(BUNDLE / "configs" / "evaluate.json"), str(TINY)])
+    parser.update({"save_png": "false", "flip_tta": "no", "allow_missing_modalities": "yes"})
+    assert parser.get_parsed_content("flags#save_png") is False
+    assert parser.get_parsed_content("flags#allow_missing_modalities") is True
+
+
+def _validate(handler, score, epoch):
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    engine.state.metrics, engine.state.key_metric_name, engine.state.epoch = {"dice": score}, "dice", epoch
+    handler(engine)
+    return engine
+
+
+class _KilledAt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("kill_before", ["model.pt", "model.json"])
+def test_a_killed_best_model_save_never_leaves_a_record_ahead_of_its_weights(tmp_path, monkeypatch, kill_before):
+    import diffmed_monai.utils.files as files
+    from diffmed_monai.engines import BestModelCheckpoint
+
+    net = torch.nn.Linear(2, 2)
+    _validate(BestModelCheckpoint(str(tmp_path), net), 0.33, 1)
+    first = (tmp_path / "model.pt").read_bytes()
+    with torch.no_grad():
+        net.weight.fill_(5.0)
+    real_replace, renames = os.replace, []
+
+    def killed_replace(src, dst):  # a kill just before `kill_before` gets its new content (after the weights'
+        renames.append(os.path.basename(dst))  # temporary file and the pending record are durable)
+        if os.path.basename(dst) == kill_before and renames.count(kill_before) == (1 if kill_before == "model.pt" else 2):
+            raise _KilledAt()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", killed_replace)
+    with pytest.raises(_KilledAt):
+        _validate(BestModelCheckpoint(str(tmp_path), net), 0.52, 3)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    record = _record(tmp_path)
+    assert record["epoch"] == 1 and record["pending"]["epoch"] == 3  # the best entry names what is on disk
+
+    resumed = BestModelCheckpoint(str(tmp_path), torch.nn.Linear(2, 2), resume=True)
+    if kill_before == "model.pt":  # the new weights never landed: epoch 1's model and record stand
+        assert resumed.best["epoch"] == 1 and (tmp_path / "model.pt").read_bytes() == first
+    else:  # the weights landed, the final record did not: repaired from the pending entry
+        assert resumed.best["epoch"] == 3 and resumed.best["metric"] == 0.52
+        assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].eq(5.0).all()
+        assert _record(tmp_path)["epoch"] == 3 and "pending" not in _record(tmp_path)
+    _validate(resumed, 0.5575, 4)  # a better epoch than the model on disk is always saved
+    assert resumed.best["metric"] == 0.5575 and _record(tmp_path)["epoch"] == 4
+
+
+def test_a_best_model_that_does_not_match_its_record_is_refused_with_both_paths(tmp_path):
+    from diffmed_monai.engines import BestModelCheckpoint
+
+    net = torch.nn.Linear(2, 2)
+    _validate(BestModelCheckpoint(str(tmp_path), net), 0.5, 2)
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "model.pt")  # replaced by hand
+    with pytest.raises(CheckpointError) as err:
+        BestModelCheckpoint(str(tmp_path), net, resume=True)
+    assert str(tmp_path / "model.pt") in str(err.value) and str(tmp_path / "model.json") in str(err.value)
+    (tmp_path / "model.json").write_text('{"key_metric_name": "dice", "met')  # truncated
+    with pytest.raises(CheckpointError, match="unreadable.*`resume`"):
+        BestModelCheckpoint(str(tmp_path), net, resume=True)
+
+
+def test_resume_sets_aside_an_unreadable_newer_checkpoint_and_keeps_the_last_good_one(tmp_path):
+    from ignite.engine import Engine
+
+    from diffmed_monai.engines import ResumableCheckpoint
+
+    net = torch.nn.Linear(2, 2)
+    trainer = {"iteration": 5, "epoch_length": 1, "max_epochs": 9}
+    torch.save({"model": net.state_dict(), "trainer": trainer}, tmp_path / "checkpoint_epoch=5.pt")
+    good = (tmp_path / "checkpoint_epoch=5.pt").read_bytes()
+    (tmp_path / "checkpoint_epoch=6.pt").write_bytes(b"")  # a disk that filled up
+    nan = {k: torch.full_like(v, float("nan")) for k, v in net.state_dict().items()}
+    torch.save({"model": nan, "trainer": {**trainer, "iteration": 7}}, tmp_path / "checkpoint_epoch=7.pt")
+    engine = Engine(lambda e, b: None)
+    handler = ResumableCheckpoint(str(tmp_path), {"model": net}, n_saved=1)
+    handler.attach(engine)
+    assert (tmp_path / "checkpoint_epoch=5.pt").read_bytes() == good  # nothing deleted before a load
+    engine.run([0], max_epochs=6)
+    assert handler.loaded_path.endswith("checkpoint_epoch=5.pt") and engine.state.iteration == 6
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["checkpoint_epoch=6.pt", "checkpoint_epoch=6.pt.unreadable", "checkpoint_epoch=7.pt.unreadable"]
+    assert (tmp_path / "checkpoint_epoch=6.pt.unreadable").read_bytes() == b""  # set aside, not deleted
+
+
+def test_a_fresh_run_moves_the_earlier_run_aside(tmp_path):
+    from ignite.engine import Engine
+
+    from diffmed_monai.engines import BestModelCheckpoint, ResumableCheckpoint
+
+    net = torch.nn.Linear(2, 2)
+    _validate(BestModelCheckpoint(str(tmp_path), net), 0.9, 4)
+    torch.save({"model": net.state_dict(), "trainer": {"iteration": 5, "epoch_length": 1}},
+               tmp_path / "checkpoint_epoch=5.pt")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {name: (tmp_path / name).read_bytes() for name in ("model.pt", "model.json", "checkpoint_epoch=5.pt")}
+    engine = Engine(lambda e, b: None)
+    ResumableCheckpoint(str(tmp_path), {"model": net}, resume="false" == "true").attach(engine)
+    earlier = [p for p in tmp_path.iterdir() if p.name.startswith("earlier_run_")]
+    assert len(earlier) == 1 and {n: (earlier[0] / n).read_bytes() for n in before} == before  # byte-identical
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["notes.txt"]
+    engine.run([0], max_epochs=1)
+    fresh = BestModelCheckpoint(str(tmp_path), net, resume=True)  # the next default resume: the new run only
+    assert fresh.best is None and epoch_checkpoints(tmp_path) == [(1, "checkpoint_epoch=1.pt")]
+
+
+def test_no_non_finite_weights_are_ever_written(tmp_path):
+    from ignite.engine import Engine
+
+    from diffmed_monai.engines import (
+        AtomicDiskSaver,
+        BestModelCheckpoint,
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+        StopOnNonFiniteLoss,
+    )
+
+    net = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="bias"):
+        _validate(BestModelCheckpoint(str(tmp_path), net), 0.5, 1)
+    with pytest.raises(NonFiniteWeightsError):
+        AtomicDiskSaver(tmp_path)({"model": net.state_dict()}, "checkpoint_epoch=1.pt")
+    assert os.listdir(tmp_path) == []
+
+    losses = iter([1.0, 0.5, float("nan"), 0.1])
+    engine = Engine(lambda e, b: {"loss": torch.tensor(next(losses))})
+    StopOnNonFiniteLoss().attach(engine)
+    with pytest.raises(NonFiniteLossError, match="nan at epoch 1, iteration 3"):
+        engine.run([0] * 4, max_epochs=1)
+
+
+def test_case_ids_that_are_not_plain_names_are_refused_and_nothing_is_written_elsewhere(tmp_path):
+    from diffmed_monai.data import InferenceCases, make_demo_dataset
+    from diffmed_monai.transforms import output_path_for
+    from diffmed_monai.utils import UnsafeNameError, case_id_of
+
+    data = tmp_path / "data"
+    make_demo_dataset(str(data), num_cases=1, shape=(32, 32, 16), seed=1)
+    case = sorted(os.listdir(data))[0]
+    image = [f"{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    entries = [{"case_id": f"{data}/{case}_pred", "image": image}, {"case_id": "../elsewhere/x", "image": image},
+               {"case_id": "a\\b", "image": image}, {"case_id": "..", "image": image},
+               {"case_id": case, "image": image}]
+    (tmp_path / "datalist.json").write_text(json.dumps({"testing": entries}))
+    cases = InferenceCases(str(data), ["t1", "t1ce", "t2", "flair"], str(tmp_path / "out"),
+                           datalist=str(tmp_path / "datalist.json"))
+    assert [c["case_id"] for c in cases.valid] == [case]
+    assert len(cases.failures) == 4 and all("entry" in why and "`testing`" in why for _, why in cases.failures)
+    with pytest.raises(UnsafeNameError):
+        output_path_for(str(tmp_path / "out"), "../x")
+    assert case_id_of({"case_id": str(data / case), "image": image}) == case  # MONAI's loader joined the folder
+
+
+def test_store_checksums_catch_damaged_files_naming_the_case(tmp_path):
+    from diffmed_monai.data import SliceStore, StoreError, StoreSliceDataset, make_demo_dataset, scan_brats
+
+    data = tmp_path / "data"
+    make_demo_dataset(str(data), num_cases=1, shape=(40, 40, 16), seed=2)
+    cases, _ = scan_brats(str(data))
+    store = SliceStore(str(tmp_path / "store"), ["t1", "t1ce", "t2", "flair"], [0, 1, 2, 4], [1.0, 1.0, 1.0],
+                       transforms={"load": _load_transforms()})
+    store.preprocess(cases, base_dir=str(data), progress=False)
+    dataset = StoreSliceDataset(cases, store, base_dir=str(data))
+    image_file = store.image_path(cases[0]["case_id"])
+    original = open(image_file, "rb").read()
+    damaged = bytearray(original)
+    damaged[-200:-198] = np.float16(np.nan).tobytes()  # bytes of the last slice overwritten
+    open(image_file, "wb").write(bytes(damaged))
+    dataset[0]  # other slices read as before
+    with pytest.raises(StoreError, match=f"{cases[0]['case_id']}.*image.npy.*verify_store"):
+        dataset[len(dataset) - 1]
+    assert store.preprocess(cases, base_dir=str(data), progress=False).present == 1  # sizes alike: not checked
+    summary = store.preprocess(cases, base_dir=str(data), progress=False, verify=True)
+    assert summary.written == 1 and open(image_file, "rb").read() == original
+    dataset[len(dataset) - 1]
+
+
+def _load_transforms():
+    from monai.transforms import LoadImaged, MapLabelValued, Orientationd
+
+    return [LoadImaged(["image", "label"], image_only=True, ensure_channel_first=True),
+            Orientationd(["image", "label"], "RAS"), MapLabelValued("label", [0, 1, 2, 4], [0, 1, 2, 3])]
+
+
+def test_volumes_too_small_for_the_network_are_refused_thin_ones_warned(tmp_path, caplog):
+    from diffmed_monai.data import InferenceCases
+
+    data = tmp_path / "data"
+    for name, shape in (("tiny", (10, 10, 10)), ("slab", (64, 64, 1)), ("ok", (32, 32, 8))):
+        (data / name).mkdir(parents=True)
+        for m in ("t1", "t1ce", "t2", "flair"):
+            volume = np.random.default_rng(0).random(shape).astype(np.float32)
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), data / name / f"{name}_{m}.nii.gz")
+    with caplog.at_level("WARNING"):
+        cases = InferenceCases(str(data), ["t1", "t1ce", "t2", "flair"], str(tmp_path / "out"), pixdim=[1, 1, 1])
+    assert sorted(c["case_id"] for c in cases.valid) == ["ok", "slab"]
+    (case_id, why), = cases.failures
+    assert case_id == "tiny" and "tiny_t1.nii.gz" in why and "`pixdim`" in why and "token" in why
+    assert "slab" in caplog.text and "1 axial slice" in caplog.text
+
+
+def test_raw_errors_name_the_file_and_the_key(tmp_path, monkeypatch):
+    from diffmed_monai.data import InferenceCases, read_datalist
+    from diffmed_monai.utils import write_atomic
+
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text('{"training": [{"image": ["a.nii.gz"], "label": "b.ni')  # truncated
+    with pytest.raises(ValueError, match=f"{datalist}.*not valid JSON.*`datalist`"):
+        read_datalist(str(datalist), "training", str(tmp_path))
+    with pytest.raises(ValueError, match=f"{datalist}.*`datalist`"):
+        InferenceCases(str(tmp_path), ["t1"], str(tmp_path / "out"), datalist=str(datalist))
+
+    def full_disk(f):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=f"No space left on device: cannot write {tmp_path / 'x.nii.gz'}.*`output_dir`"):
+        write_atomic(tmp_path / "x.nii.gz", full_disk, key="output_dir")
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+KILLED_PREPROCESSING = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    from diffmed_monai.data import store
+
+    def work(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), store._init_worker, (None,))
+        pool.submit(work, sys.argv[1])
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)  # the parent dies as under `kill -9`
+    """
+)
+
+
+def test_preprocessing_workers_die_with_their_parent(tmp_path):
+    import time
+
+    script, pid_file = tmp_path / "killed.py", tmp_path / "worker.pid"
+    script.write_text(KILLED_PREPROCESSING)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
+    killed = subprocess.run([sys.executable, str(script), str(pid_file)], capture_output=True, timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    worker = int(pid_file.read_text())
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived its killed parent")
