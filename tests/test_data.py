@@ -286,7 +286,7 @@ def test_check_case_accepts_good_3d_and_4d(tmp_path):
     _nifti(tmp_path / "x4d_seg.nii.gz", dtype=np.uint8, value=2)
     four_d = {"case_id": "x4d", "image": "x4d.nii.gz", "label": "x4d_seg.nii.gz"}
     assert check_case(four_d, str(tmp_path), MODS, label_values=BRATS_LABELS)["shape"] == (8, 8, 6)
-    assert check_case({"image": ["x4d.nii.gz"]}, str(tmp_path), MODS)["case_id"] == "x4d.nii.gz"
+    assert check_case({"image": ["x4d.nii.gz"]}, str(tmp_path), MODS)["case_id"] == "x4d"  # one case-id rule
     absolute = {"case_id": "abs", "image": [str(tmp_path / "c1" / f"{m}.nii.gz") for m in MODS]}
     assert check_case(absolute, None, MODS)["shape"] == (8, 8, 6)
     _nifti(tmp_path / "one.nii.gz", shape=(8, 8, 6, 1))  # trailing singleton axis is a 3D volume

@@ -403,7 +403,8 @@ def test_a_killed_best_model_save_never_leaves_a_record_ahead_of_its_weights(tmp
 
     def killed_replace(src, dst):  # a kill just before `kill_before` gets its new content (after the weights'
         renames.append(os.path.basename(dst))  # temporary file and the pending record are durable)
-        if os.path.basename(dst) == kill_before and renames.count(kill_before) == (1 if kill_before == "model.pt" else 2):
+        nth = 1 if kill_before == "model.pt" else 2  # model.json: its pending entry is the first rename
+        if os.path.basename(dst) == kill_before and renames.count(kill_before) == nth:
             raise _KilledAt()
         real_replace(src, dst)
 

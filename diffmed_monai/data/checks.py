@@ -66,8 +66,6 @@ def missing_modality_hint() -> str:
     )
 
 
-
-
 def check_case(
     case: dict,
     base_dir: str | None,
@@ -249,8 +247,8 @@ def check_datalist(
     logger.info("Checking %d case(s) under %s (modalities %s)", total, base_dir, list(modalities))
     for i, (name, case) in enumerate(flat, 1):
         try:
-            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label, name,
-                       allow_missing_modalities, pixdim)
+            check_case(case, base_dir, modalities, label_values, check_finite, image_key, label_key, require_label,
+                       name, allow_missing_modalities, pixdim)
             good.append(case)
         except CaseError as err:
             errors.append(str(err))

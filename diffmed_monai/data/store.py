@@ -457,8 +457,8 @@ class SliceStore:
             return (np.load(self.image_path(case_id), mmap_mode="r"),
                     np.load(self.label_path(case_id), mmap_mode="r"))
         except (OSError, ValueError) as err:
-            raise StoreError(f"Case {case_id} in the store {self.store_dir} cannot be read ({err}); "
-                             f"{_REPAIR_HINT}") from None
+            message = f"Case {case_id} in the store {self.store_dir} cannot be read ({err}); {_REPAIR_HINT}"
+            raise StoreError(message) from None
 
     def _verify(self, case_id: str, index: int, image: np.ndarray, label: np.ndarray, expected) -> None:
         got = (zlib.crc32(image), zlib.crc32(label))

@@ -34,7 +34,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from ..utils import write_atomic
+from ..utils import as_bool, write_atomic
 
 __all__ = [
     "AtomicDiskSaver",
@@ -219,14 +219,18 @@ class CheckedCheckpointLoader(CheckpointLoader):
         self.loaded = True
 
 
+def _free_name(path: str) -> str:
+    """``path``, or ``<path>.1``, ``<path>.2``... the first that does not exist."""
+    target, n = path, 0
+    while os.path.lexists(target):
+        n += 1
+        target = f"{path}.{n}"
+    return target
 
 
 def _set_aside(path: str, suffix: str) -> str:
-    """Rename ``path`` to ``<path><suffix>`` (``.1``, ``.2``... appended if taken); return the new path."""
-    target, n = path + suffix, 0
-    while os.path.lexists(target):
-        n += 1
-        target = f"{path}{suffix}.{n}"
+    """Rename ``path`` to ``<path><suffix>`` (a free name, :func:`_free_name`); return the new path."""
+    target = _free_name(path + suffix)
     os.rename(path, target)
     return target
 
@@ -243,8 +247,7 @@ def set_aside_earlier_run(ckpt_dir: str, best_name: str = "model.pt") -> str | N
              or ".unreadable" in n and n.startswith("checkpoint_epoch=")]
     if not names:
         return None
-    folder = os.path.join(ckpt_dir, time.strftime("earlier_run_%Y%m%d-%H%M%S", time.gmtime()))
-    folder = folder if not os.path.lexists(folder) else _set_aside(folder, "")  # two fresh runs in one second
+    folder = _free_name(os.path.join(ckpt_dir, time.strftime("earlier_run_%Y%m%d-%H%M%S", time.gmtime())))
     os.makedirs(folder)
     for name in names:
         os.rename(os.path.join(ckpt_dir, name), os.path.join(folder, name))
@@ -283,7 +286,7 @@ class ResumableCheckpoint:
     ) -> None:
         self.ckpt_dir = ckpt_dir
         self.save_dict = dict(save_dict)
-        self.resume = resume
+        self.resume = as_bool(resume, "resume")
         self.save_interval = save_interval
         self.n_saved = n_saved
         self.loaded_path: str | None = None
@@ -351,9 +354,10 @@ class BestModelCheckpoint:
     ``model.json`` beside it records the score, the epoch and the SHA-256 of the ``model.pt`` it describes. Order of
     a save: the weights are written to a temporary file and made durable; the record gains a ``pending`` entry (the
     new score and the file's checksum); the file is renamed to ``model.pt``; the record is rewritten with the new
-    model as its best. So the best entry never describes weights that are not on disk, and a kill between any two steps is repaired on resume: ``model.pt`` matching the
-    pending entry is the pending model (its weights landed), matching the best entry is the recorded one; matching
-    neither is refused naming both files. No weights holding NaN/inf are written.
+    model as its best. So the best entry never describes weights that are not on disk, and a kill between any two
+    steps is repaired on resume: ``model.pt`` matching the pending entry is the pending model (its weights landed),
+    matching the best entry is the recorded one; matching neither is refused naming both files. No weights holding
+    NaN/inf are written.
 
     With ``resume``, a restarted training reads the record back, so ``model.pt`` is only ever replaced by a better
     model and the evaluator's ``best_metric`` / ``best_metric_epoch`` continue; without ``resume`` a new training
@@ -369,7 +373,7 @@ class BestModelCheckpoint:
         self.path = Path(save_dir) / filename
         self.record = self.path.with_suffix(".json")
         self.network = network
-        self.best: dict | None = self._read_record() if resume else None
+        self.best: dict | None = self._read_record() if as_bool(resume, "resume") else None
         if self.best is not None:
             logger.info("Best model so far: %s (%s %.4f at epoch %d)", self.path, self.best["key_metric_name"],
                         self.best["metric"], self.best["epoch"])
@@ -382,8 +386,8 @@ class BestModelCheckpoint:
             record = json.loads(self.record.read_text())
             pending = record.pop("pending", None)
             best = None if not record else {k: record[k] for k in ("key_metric_name", "metric", "epoch")}
-            for entry in filter(None, (best, pending)):
-                float(entry["metric"]), int(entry["epoch"]), str(entry["key_metric_name"])
+            for entry in filter(None, (best, pending)):  # each entry complete and of the right types
+                _ = float(entry["metric"]), int(entry["epoch"]), str(entry["key_metric_name"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(
                 f"The best-model record {self.record} is unreadable ({type(err).__name__}: {err}); it describes "
@@ -427,7 +431,8 @@ class BestModelCheckpoint:
             return
         record = {"key_metric_name": engine.state.key_metric_name, "metric": score, "epoch": engine.state.epoch}
         if idist.get_rank() == 0:
-            network = self.network.module if isinstance(self.network, nn.parallel.DistributedDataParallel) else self.network
+            ddp = isinstance(self.network, nn.parallel.DistributedDataParallel)
+            network = self.network.module if ddp else self.network
             state = network.state_dict()
             _refuse_non_finite(state, self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)

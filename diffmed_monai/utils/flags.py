@@ -33,10 +33,7 @@ def as_bool(value: Any, key: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(
-        f"Config key `{key}` must be true or false (true/false/yes/no/1/0), got {value!r} "
-        f"({type(value).__name__})."
-    )
+    raise ValueError(f"Config key `{key}` must be true or false (true/false/yes/no/1/0), got {value!r}.")
 
 
 def parse_flags(function: Callable) -> Callable:

@@ -28,9 +28,9 @@ def grid_problems(shape: Sequence[int], what: str) -> tuple[str | None, str | No
     """
     x, y, z = (int(s) for s in shape[:3])
     if min(x, y) < TOKEN_STRIDE:
-        return (f"{what}: {x} x {y} voxels in-plane (x {z} slices) at `pixdim` is smaller than one {TOKEN_STRIDE}-voxel "
-                "token of the network: it would see padding only. Check the file's header (voxel size) and `pixdim`.",
-                None)
+        return (f"{what}: {x} x {y} voxels in-plane (x {z} slices) at `pixdim` is smaller than one "
+                f"{TOKEN_STRIDE}-voxel token of the network: it would see padding only. Check the file's header "
+                "(voxel size) and `pixdim`.", None)
     if z < MIN_AXIAL_SLICES:
         return None, (f"{what}: only {z} axial slice(s) at `pixdim`: a slab, not a volume; it is segmented slice by "
                       "slice, but check the file's header (voxel size) and `pixdim`.")
