@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from monai.data import load_decathlon_datalist, partition_dataset
 
-from ..utils import NIFTI_EXTS, strip_nifti_ext
+from ..utils import ALLOW_MISSING_KEY, NIFTI_EXTS, strip_nifti_ext
 
 __all__ = [
     "AMOS_MRI_FIRST_ID",
@@ -270,7 +270,7 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
                     images.append(None)
                 else:
                     problems.append(
-                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `allow_missing_modalities: true` to "
+                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `{ALLOW_MISSING_KEY}: true` to "
                         "segment it with the modalities present)"
                     )
             if not problems and not any(images):

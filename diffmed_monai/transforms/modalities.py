@@ -17,7 +17,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..data.checks import missing_modality_hint
+from ..utils import missing_modality_hint
 
 __all__ = ["FillMissingModalitiesd", "SelectPresentModalitiesd", "present_names"]
 
