@@ -240,13 +240,9 @@ class ForegroundSliceInferer(SliceInferer):
             )
         return logits
 
-    def slice_boxes(self, inputs: torch.Tensor, keep: torch.Tensor) -> list[tuple[int, int, int, int]]:
-        """In-plane box ``(p0, p1, q0, q1)`` of each slice in ``keep``: its non-zero voxels (any batch item and
-        channel of ``inputs`` ``(B, M, H, W, D)``), grown outwards to the ``slice_multiple``-px grid."""
-        return self._boxes(self._foreground(inputs)[keep])
-
     def _boxes(self, occupied: torch.Tensor) -> list[tuple[int, int, int, int]]:
-        """:meth:`slice_boxes` of ``occupied`` ``(n, P, Q)``, the foreground of the kept slices."""
+        """In-plane box ``(p0, p1, q0, q1)`` of each kept slice's foreground ``occupied`` ``(n, P, Q)`` (non-zero in
+        any batch item and channel), grown outwards to the ``slice_multiple``-px grid."""
         k = self.slice_multiple
         boxes = []
         for rows, cols in zip(occupied.any(dim=2).tolist(), occupied.any(dim=1).tolist()):
@@ -259,7 +255,7 @@ class ForegroundSliceInferer(SliceInferer):
                             boxes: list[tuple[int, int, int, int]], network: Callable[..., torch.Tensor], *args: Any,
                             **kwargs: Any) -> None:
         """Fill ``out`` ``(B, C, H, W, D)`` on the slices ``keep`` of ``x`` ``(B, M, H, W, D)``, each slice cropped
-        to its box (``boxes``, :meth:`slice_boxes`), slices of one box size batched within the pixel budget."""
+        to its box (``boxes``, :meth:`_boxes`), slices of one box size batched within the pixel budget."""
         axis = self.spatial_dim + 2
         xs, outs = x.movedim(axis, -1), out.movedim(axis, -1)  # (B, M, P, Q, D) views; in-plane dims first
         if xs.shape[2] % self.slice_multiple or xs.shape[3] % self.slice_multiple:
