@@ -11,10 +11,12 @@ from pathlib import Path
 from .data import make_demo_data, prepare_datalist
 from .utils import parse_flags
 
-__all__ = ["BUNDLE_DIR", "demo", "main", "preprocess"]
+__all__ = ["BUNDLE_DIR", "PRESETS_DIR", "demo", "main", "preprocess"]
 
 #: the MONAI bundle shipped with the package (in a clone, a link to the repository's ``bundle/``)
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
+#: the presets shipped with the package (in a clone, a link to the repository's ``configs/``)
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _bundle(bundle_dir: str | None) -> Path:
@@ -37,16 +39,17 @@ def _run_bundle(run_id: str, bundle: Path, config_files: list[Path], **override)
 
 
 def _config_files(bundle: Path, first: Sequence[str], presets: Sequence[str] | str) -> list[Path]:
-    """``bundle/configs/<first>.json`` then each preset, given by name (``brats``) or as a path."""
+    """``bundle/configs/<first>.json`` then each preset, given by name (``brats``: in :data:`PRESETS_DIR`) or as a
+    path."""
     configs = bundle / "configs"
     presets = [presets] if isinstance(presets, str) else list(presets or [])
     files = [configs / f"{name}.json" for name in first]
     for preset in presets:
         path = Path(preset)
-        files.append(path if path.suffix == ".json" else configs / "presets" / f"{preset}.json")
+        files.append(path if path.suffix == ".json" else PRESETS_DIR / f"{preset}.json")
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist (presets are in {configs / 'presets'}).")
+            raise FileNotFoundError(f"Config file {path} does not exist (presets are in {PRESETS_DIR}).")
     return files
 
 
@@ -93,7 +96,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     """Run the whole DiffMedDINOv3 pipeline on generated demo data, on this machine, with the tiny preset.
 
     Steps: make ``num_cases`` BraTS-layout demo cases, write the datalist, preprocess them into the slice store,
-    train ``epochs`` epochs from it (``train.json`` + ``configs/presets/tiny.json``: tiny Swin students and a tiny
+    train ``epochs`` epochs from it (``train.json`` + ``configs/tiny.json``: tiny Swin students and a tiny
     RANDOMLY INITIALISED DINOv3 teacher, so the run needs no weights), segment the validation cases with
     ``inference.json`` and evaluate them with ``evaluate.json``, both with ``save_png`` (one picture per case). Prints
     where the label maps, the metrics CSV, the pictures and ``progress.png`` are, and returns those paths.
@@ -104,7 +107,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     started = time.time()
     bundle = _bundle(bundle_dir)
     configs = bundle / "configs"
-    tiny = configs / "presets" / "tiny.json"
+    tiny = PRESETS_DIR / "tiny.json"
     work = Path(workdir).resolve()
     data_dir, run_dir, pred_dir = work / "data", work / "bundle_run", work / "predictions"
     print(f"[1/6] Demo data: {num_cases} synthetic BraTS-layout cases in {data_dir}", flush=True)

@@ -27,7 +27,7 @@ FLIP_DIMS = ((), (2,), (3,), (2, 3))
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``; Linux
     only, ``False`` elsewhere). The default of the config key ``cpu_bf16``: without these instructions bf16
-    autocast on a CPU is emulated and no faster than float32.
+    autocast on a CPU is emulated (``docs/benchmarks.md`` compares it with float32).
     """
     try:
         with open(cpuinfo) as f:
@@ -39,10 +39,9 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def default_cpu_workers(threads: int | None = None) -> int:
     """Concurrent slice-network calls on a CPU of ``threads`` PyTorch threads (default: ``torch.get_num_threads()``):
-    one per thread on up to two threads, else one per two threads. Measured on a real-size case (default network,
-    bf16, two slices per call, ``docs/benchmarks.md``): 2 threads (AMD EPYC), 2 calls of one thread 24.2-24.7 s
-    against 29.4-30.9 s for one call of two; 16 threads (Xeon, AMX), 8 calls of two threads 6.3-7.2 s against
-    11.0-12.0 s for one call of 16 (4 calls of 4 threads, or 16 of one, 7.2-8.6 s)."""
+    one per thread on up to two threads, else one per two threads: a slice network's many small operations keep a
+    few threads each busier in separate calls than many threads in one call (the measurements behind this rule are
+    in ``docs/benchmarks.md``)."""
     threads = torch.get_num_threads() if threads is None else int(threads)
     return max(1, threads if threads <= 2 else threads // 2)
 
@@ -105,15 +104,16 @@ class ForegroundSliceInferer(SliceInferer):
         spatial_dim: the slice axis of the ``(H, W, D)`` volume (2: axial).
         roi_size: in-plane window; non-positive entries take the slice's size.
         flip_tta: test-time mirroring (config key ``flip_tta``): each slice batch also runs flipped along each
-            in-plane axis and both, the softmax outputs are averaged (:class:`SliceNetwork`); 4x the network calls.
+            in-plane axis and both, the softmax outputs are averaged (:class:`SliceNetwork`); four network calls
+            per slice batch.
         cpu_bf16: on a CPU, run the network under bf16 autocast (config key ``cpu_bf16``; see
-            :func:`cpu_has_native_bf16` and ``docs/benchmarks.md`` for speed and agreement with float32).
+            :func:`cpu_has_native_bf16`; ``docs/benchmarks.md`` compares it with float32).
         crop_slices: with ``skip_empty``, each slice with foreground runs cropped to its own non-zero box, grown to
             the ``slice_multiple``-px grid of the slice (config key ``crop_slices``): a brain's top and bottom slices
             are much smaller than its widest one. Outside the box the output is background, as on skipped slices.
             Slices of one box size are batched together. Needs the whole slice as window (``roi_size`` (-1, -1)).
-            Faster on a CPU; on a GPU the many smaller calls are slower, so the configs turn it on for CPUs only
-            (``docs/benchmarks.md``).
+            It trades the pixels outside the boxes for more, smaller calls, which pays on a CPU and not on a GPU:
+            the configs turn it on for CPUs only (``docs/benchmarks.md`` has both).
         cpu_workers: with ``crop_slices`` on a CPU, this many network calls run at a time, each on its share of
             PyTorch's CPU threads (config key ``cpu_workers``, default :func:`default_cpu_workers`): a slice
             network's many small operations keep two threads busier than one call with twice the threads does.
@@ -240,13 +240,9 @@ class ForegroundSliceInferer(SliceInferer):
             )
         return logits
 
-    def slice_boxes(self, inputs: torch.Tensor, keep: torch.Tensor) -> list[tuple[int, int, int, int]]:
-        """In-plane box ``(p0, p1, q0, q1)`` of each slice in ``keep``: its non-zero voxels (any batch item and
-        channel of ``inputs`` ``(B, M, H, W, D)``), grown outwards to the ``slice_multiple``-px grid."""
-        return self._boxes(self._foreground(inputs)[keep])
-
     def _boxes(self, occupied: torch.Tensor) -> list[tuple[int, int, int, int]]:
-        """:meth:`slice_boxes` of ``occupied`` ``(n, P, Q)``, the foreground of the kept slices."""
+        """In-plane box ``(p0, p1, q0, q1)`` of each kept slice's foreground ``occupied`` ``(n, P, Q)`` (non-zero in
+        any batch item and channel), grown outwards to the ``slice_multiple``-px grid."""
         k = self.slice_multiple
         boxes = []
         for rows, cols in zip(occupied.any(dim=2).tolist(), occupied.any(dim=1).tolist()):
@@ -259,7 +255,7 @@ class ForegroundSliceInferer(SliceInferer):
                             boxes: list[tuple[int, int, int, int]], network: Callable[..., torch.Tensor], *args: Any,
                             **kwargs: Any) -> None:
         """Fill ``out`` ``(B, C, H, W, D)`` on the slices ``keep`` of ``x`` ``(B, M, H, W, D)``, each slice cropped
-        to its box (``boxes``, :meth:`slice_boxes`), slices of one box size batched within the pixel budget."""
+        to its box (``boxes``, :meth:`_boxes`), slices of one box size batched within the pixel budget."""
         axis = self.spatial_dim + 2
         xs, outs = x.movedim(axis, -1), out.movedim(axis, -1)  # (B, M, P, Q, D) views; in-plane dims first
         if xs.shape[2] % self.slice_multiple or xs.shape[3] % self.slice_multiple:

@@ -50,6 +50,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 BUNDLE_CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: MONAI Model Zoo ``brats_mri_segmentation``: its network and sliding-window settings (the 3D peer).
 SEGRESNET_BUNDLE = dict(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, out_channels=3, dropout_prob=0.2)
@@ -63,8 +64,8 @@ logger = logging.getLogger("benchmark")
 
 
 def bundle_parser(config: str, presets: Sequence[str] = (), **overrides: Any) -> ConfigParser:
-    """``ConfigParser`` over ``bundle/configs/<config>.json`` and ``bundle/configs/presets/<preset>.json``."""
-    files = [BUNDLE_CONFIGS / f"{config}.json", *(BUNDLE_CONFIGS / "presets" / f"{p}.json" for p in presets)]
+    """``ConfigParser`` over ``bundle/configs/<config>.json`` and ``configs/<preset>.json``."""
+    files = [BUNDLE_CONFIGS / f"{config}.json", *(PRESETS_DIR / f"{p}.json" for p in presets)]
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     parser.update(overrides)
@@ -470,7 +471,7 @@ def run_benchmark(
     """Time training and inference of DiffMedDINOv3 (from the bundle configs) and the MONAI peers; return the dict.
 
     Args:
-        presets: names in ``bundle/configs/presets`` merged over the bundle configs (e.g. ``["tiny"]``).
+        presets: names in ``configs/`` merged over the bundle configs (e.g. ``["tiny"]``).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
         batch_size: training slices per step, the same for both trained models. steps: steps per timed epoch.
         image_size: training slice size, and SwinUNETR-2D's inference window (default: ``train.json``'s ``roi_size``).
@@ -927,7 +928,7 @@ def run_data_benchmark(
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(store_dir, ignore_errors=True)  # this benchmark's own store: preprocessing is measured every run
     presets = [presets] if isinstance(presets, str) else list(presets)
-    files = [str(BUNDLE_CONFIGS / "train.json"), *(str(BUNDLE_CONFIGS / "presets" / f"{p}.json") for p in presets)]
+    files = [str(BUNDLE_CONFIGS / "train.json"), *(str(PRESETS_DIR / f"{p}.json") for p in presets)]
     n_max = max(num_cases)
     load_start = os.getloadavg()
 

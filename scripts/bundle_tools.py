@@ -73,6 +73,8 @@ ZOO_STYLE = RESOURCES / "zoo_style"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "diffmed_monai"
 PACKAGE_NAME = "diffmed_monai"
 PACKAGE_LEFT_OUT = ("cli.py",)
+#: The presets (the repository's top-level ``configs/``): the zip gets them in ``configs/presets/``.
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: Import name of the bundle's own code (Model Zoo convention: ``"_target_": "scripts...."``).
 BUNDLE_CODE = "scripts"
 #: Python of the Model Zoo CI (``python-version: 3.10.14`` in its premerge-cpu and code-format workflows).
@@ -492,12 +494,14 @@ def pack_bundle(
     presets: str | Sequence[str] = (),
     self_contained: bool = True,
     code_format: bool = True,
+    presets_dir: str | None = None,
 ) -> str:
     """Zip the bundle as the MONAI Model Zoo lays it out, with its runtime code; return the zip path.
 
     The archive ``<output_dir>/<name>_v<version>.zip`` (version from ``configs/metadata.json``) holds one top
-    folder ``<name>/`` with ``configs/`` (presets included), ``docs/``, ``scripts/``, ``LICENSE``,
-    ``large_files.yml`` and, when ``include_weights``, ``models/model.pt`` / ``models/model.ts`` if present.
+    folder ``<name>/`` with ``configs/`` (the presets of ``presets_dir`` in ``configs/presets/``), ``docs/``,
+    ``scripts/``, ``LICENSE``, ``large_files.yml`` and, when ``include_weights``, ``models/model.pt`` /
+    ``models/model.ts`` if present.
     Anything else in the bundle folder (training checkpoints, ``eval/``, the store, predictions) is left out.
 
     Args:
@@ -511,11 +515,12 @@ def pack_bundle(
             ``inference.json`` with ``presets``. Its SHA-256 goes into the ``models/model.pt`` entry of
             ``large_files.yml`` (created with ``weights_url``, the address it will be hosted at).
         weights_url: https address of the hosted ``model.pt`` (needs ``weights``).
-        presets: the presets ``weights`` were trained with (names in ``configs/presets`` or paths).
+        presets: the presets ``weights`` were trained with (names in ``presets_dir`` or paths).
         self_contained: copy the ``diffmed_monai`` modules into ``scripts/`` and rename the configs' references, so
             the zip needs no ``diffmed-monai`` package.
         code_format: format the copied code with the Model Zoo's isort and black settings and check it with
             flake8 (the Model Zoo's code-format job); a failure stops the packing.
+        presets_dir: the folder of preset JSON files (default: the repository's ``configs/``).
 
     Raises:
         FileNotFoundError: the bundle lacks ``configs/metadata.json`` or ``LICENSE``, or a preset is missing.
@@ -536,17 +541,21 @@ def pack_bundle(
     _, large_entries = read_large_files(bundle)
 
     files, skipped = _bundle_files(bundle, include_weights and weights is None)
+    presets_dir = Path(presets_dir) if presets_dir else PRESETS_DIR
+    preset_copies = {f"configs/presets/{p.name}": p for p in sorted(presets_dir.glob("*.json"))}
+    files = [f for f in files if f not in preset_copies] + list(preset_copies)  # the repository's presets win
     notes = []
     with tempfile.TemporaryDirectory(prefix="diffmed_pack_") as tmp:
         stage = Path(tmp) / name
         for rel in files:
             target = stage / rel
             target.parent.mkdir(parents=True, exist_ok=True)
+            source = preset_copies.get(rel, bundle / rel)
             if self_contained and rel.startswith("configs/") and rel.endswith(".json"):
-                text = (bundle / rel).read_text(encoding="utf-8")
+                text = source.read_text(encoding="utf-8")
                 target.write_text(rewrite_package_references(text), encoding="utf-8")
             else:
-                shutil.copyfile(bundle / rel, target)
+                shutil.copyfile(source, target)
         if self_contained:
             code = copy_runtime_code(stage / BUNDLE_CODE)
             files += [p.relative_to(stage).as_posix() for p in code]
@@ -557,7 +566,7 @@ def pack_bundle(
 
         if weights is not None:
             state = read_weights(weights)
-            preset_files = [str(Path(p) if str(p).endswith(".json") else bundle / "configs" / "presets" / f"{p}.json")
+            preset_files = [str(Path(p) if str(p).endswith(".json") else presets_dir / f"{p}.json")
                             for p in ([presets] if isinstance(presets, str) else list(presets))]
             for f in preset_files:
                 if not Path(f).is_file():

@@ -39,7 +39,7 @@ from diffmed_monai.utils import parse_flags  # noqa: E402
 
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
-TINY = CONFIGS / "presets" / "tiny.json"
+TINY = REPO / "configs" / "tiny.json"
 REGIONS = ("et", "tc", "wt")
 SHORT = {"t1": "T1", "t1ce": "T1c", "t2": "T2", "flair": "FLAIR"}
 

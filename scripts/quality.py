@@ -49,7 +49,7 @@ from monai.bundle import ConfigWorkflow
 from monai.metrics import compute_dice
 from scipy import ndimage
 
-from diffmed_monai.cli import BUNDLE_DIR
+from diffmed_monai.cli import BUNDLE_DIR, PRESETS_DIR
 from diffmed_monai.data import make_demo_dataset, prepare_datalist
 from diffmed_monai.utils import parse_flags
 from diffmed_monai.data import case_id_of
@@ -275,7 +275,7 @@ def main(
     bundle = Path(bundle_dir) if bundle_dir else BUNDLE_DIR
     configs = bundle / "configs"
     presets = [presets] if isinstance(presets, str) else list(presets)
-    preset_files = [str(p if str(p).endswith(".json") else configs / "presets" / f"{p}.json") for p in presets]
+    preset_files = [str(p if str(p).endswith(".json") else PRESETS_DIR / f"{p}.json") for p in presets]
     models = [models] if isinstance(models, str) else list(models)
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def _tiny_network_kwargs() -> dict:
-    """``DiffMedDINOv3`` keyword arguments of ``bundle/configs/presets/tiny.json`` (all but modalities/classes)."""
+    """``DiffMedDINOv3`` keyword arguments of ``configs/tiny.json`` (all but modalities/classes)."""
     preset = ConfigParser.load_config_file(str(PRESETS / "tiny.json"))
     kwargs = {key.split("#", 1)[1]: value for key, value in preset.items() if key.startswith("network_def#")}
     return {**kwargs, "teacher_dim": teacher_width(preset["teacher_arch"])}

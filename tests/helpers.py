@@ -9,7 +9,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
-PRESETS = BUNDLE / "configs" / "presets"
+PRESETS = REPO / "configs"
 
 
 def error_chain(error: BaseException) -> str:

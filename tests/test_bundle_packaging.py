@@ -44,7 +44,7 @@ from bundle_tools import (  # noqa: E402
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
-TINY = REPO / "bundle" / "configs" / "presets" / "tiny.json"
+TINY = REPO / "configs" / "tiny.json"
 NAME = "diffmed_dinov3_brats_segmentation"
 
 
@@ -64,7 +64,7 @@ def _needs_network():
     if not (CONFIGS / "inference.json").is_file():
         pytest.skip("bundle/configs/inference.json is not written yet")
     if not TINY.is_file():
-        pytest.skip("bundle/configs/presets/tiny.json is not written yet")
+        pytest.skip("configs/tiny.json is not written yet")
 
 
 def _tiny_state_dict():
@@ -383,6 +383,11 @@ def test_pack_bundle_weights_and_size_limit(tmp_path):
         names = set(zf.namelist())
         zf.extractall(out)
     assert f"{NAME}/models/model.pt" in names and all(n.startswith(f"{NAME}/") for n in names)
+    # the presets have one source, the repository's configs/: the zip gets them in configs/presets/
+    presets = sorted(p.name for p in (REPO / "configs").glob("*.json"))
+    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith(f"{NAME}/configs/presets/")) == presets
+    assert (out / NAME / "configs" / "presets" / "tiny.json").read_bytes() == TINY.read_bytes()
+    assert not (bundle / "configs" / "presets").exists()
     assert not any("checkpoint_epoch" in n or "/eval/" in n for n in names)
     packed_state = torch.load(out / NAME / "models" / "model.pt", weights_only=True)
     assert set(packed_state) == set(state) and all(torch.equal(packed_state[k], state[k]) for k in state)

@@ -36,6 +36,7 @@ def test_build_and_twine_check(tmp_path):
     needed = [p.relative_to(REPO).as_posix() for p in bundle.rglob("*")
               if p.is_file() and p.relative_to(bundle).parts[0] in ("configs", "docs")]
     needed += ["bundle/LICENSE", "bundle/large_files.yml"]
+    needed += [p.relative_to(REPO).as_posix() for p in (REPO / "configs").glob("*.json")]
     missing = [rel for rel in needed if f"diffmed_monai/{rel}" not in names]
     assert not missing, missing
     assert "diffmed_monai/cli.py" in names and "diffmed-monai = diffmed_monai.cli:main" in entry_points

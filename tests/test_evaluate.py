@@ -118,3 +118,12 @@ def test_evaluation_numbers_equal_monai_metrics(tmp_path, rule):
         assert np.isclose(case1["hd95_region_tc"], diagonal) and np.isclose(diagonal, 102.45, atol=0.01)
     else:  # MONAI's defaults leave empty references out (NaN) and give an empty prediction NaN distance
         assert math.isnan(case1["dice_ncr"]) and math.isnan(case1["hd95_ncr"]) and math.isnan(case1["hd95_et"])
+
+
+def test_unknown_empty_rule_is_refused_with_its_config_key():
+    from diffmed_monai.metrics import HausdorffDistance95, dice_ignores_empty, segmentation_metrics
+
+    for make in (lambda: HausdorffDistance95(empty="nan"), lambda: segmentation_metrics(["bg", "a"], empty="nan")):
+        with pytest.raises(ValueError, match=r"'nan' is not one of \('brats', 'monai'\).*`metric_empty_rule`"):
+            make()
+    assert dice_ignores_empty("monai") and not dice_ignores_empty("brats")

@@ -159,8 +159,7 @@ def test_crop_slices_runs_each_slice_on_its_own_box_of_whole_tiles():
     rec = Recorder(pixelwise)
     vol = _volume()
     inferer = ForegroundSliceInferer(num_classes=4, crop_slices=True, slice_multiple=16, max_batch_pixels=10**9)
-    keep = inferer.occupied_slices(vol)
-    assert inferer.slice_boxes(vol, keep) == [(0, 32, 0, 48)] * 3 + [(16, 32, 16, 32)]
+    assert inferer.occupied_slices(vol).tolist() == [1, 2, 3, 6]
     with torch.no_grad():
         out = inferer(vol, rec)
         full = ForegroundSliceInferer(num_classes=4)(vol, pixelwise)

@@ -81,3 +81,20 @@ def test_lesion_centre_is_in_the_largest_component():
     assert default_png_modalities(["t1", "t1ce", "t2", "flair"]) == ["flair", "t1ce"]
     assert default_png_modalities(["t1n", "t1c", "t2w", "t2f"]) == ["t2f", "t1c"]
     assert default_png_modalities(["dwi", "adc", "flair"]) == ["dwi", "adc"]
+
+
+def test_pictures_turn_volumes_to_ras():
+    from diffmed_monai.transforms.pictures import _ras_spacing, _to_ras
+
+    volume = np.zeros((2, 4, 5, 6), np.float32)  # (C, X, Y, Z)
+    volume[:, 0, 0, 0] = 1.0  # the right, anterior, inferior corner of an LPS image
+    lps = np.diag([-1.0, -2.0, 3.0, 1.0])
+    ras = _to_ras(volume, lps)
+    assert ras.shape == (2, 4, 5, 6) and ras.flags.c_contiguous
+    assert ras[:, -1, -1, 0].tolist() == [1.0, 1.0] and ras.sum() == 2
+    # voxel axes toward P, S and R: the array is transposed to (R, A, S) and flipped along A
+    asr = np.array([[0.0, 0.0, 3.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    ras = _to_ras(volume, asr)
+    assert ras.shape == (2, 6, 4, 5) and ras[:, 0, -1, 0].tolist() == [1.0, 1.0] and ras.sum() == 2
+    assert _ras_spacing(asr).tolist() == [3.0, 1.0, 2.0]
+    assert _to_ras(volume, None) is volume

@@ -40,7 +40,7 @@ def test_readme_inference_command_with_a_preset_trained_checkpoint(tmp_path):
     from diffmed_monai.data import make_demo_dataset
 
     cmd = _readme_command("inference")
-    assert "bundle/configs/presets/brats.json" in " ".join(cmd) and "--teacher_arch" in cmd
+    assert "configs/brats.json" in " ".join(cmd) and "--teacher_arch" in cmd
     data, out, root = tmp_path / "cases", tmp_path / "predictions", tmp_path / "run"
     make_demo_dataset(str(data), num_cases=1, seed=0)
     # the checkpoint a training run with the (tiny) preset writes: train.json's network_def with the preset
@@ -50,7 +50,7 @@ def test_readme_inference_command_with_a_preset_trained_checkpoint(tmp_path):
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
 
     preset = str((PRESETS / "tiny.json").relative_to(REPO))
-    cmd = _swap(cmd, {"bundle/configs/presets/brats.json": preset, "vitb16": "tiny", "/data/new_cases": str(data),
+    cmd = _swap(cmd, {"configs/brats.json": preset, "vitb16": "tiny", "/data/new_cases": str(data),
                       "/data/predictions": str(out)})
     cmd[cmd.index("--bundle_root") + 1] = str(root)  # where the training run wrote models/model.pt
     assert cmd[:3] == ["python", "-m", "monai.bundle"]

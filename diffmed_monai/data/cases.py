@@ -51,8 +51,9 @@ class InferenceCases:
     Bad cases are logged and kept in :attr:`failures`; :attr:`valid` holds the others as dicts with ``image``
     (absolute path, or list of M paths or ``None``), ``case_id``, ``reference`` (first present input path),
     ``input_files`` (the present paths) and ``modalities_present`` (names, in ``modalities`` order).
-    :meth:`run` segments them one by one, so a case failing in processing is reported and the others go on;
-    :meth:`report` (the bundle's ``finalize``) logs the summary last and exits with status 1 if any case failed.
+    :func:`diffmed_monai.engines.run_cases` (the bundle's ``run``) segments them one by one, adding each to
+    :attr:`segmented` or, when it fails in processing, to :attr:`failures` (the others go on); :meth:`report` (the
+    bundle's ``finalize``) logs the summary last and exits with status 1 if any case failed.
     """
 
     def __init__(
@@ -82,14 +83,14 @@ class InferenceCases:
                 raise FileNotFoundError(f"Input folder {dataset_dir!r} does not exist (config key `dataset_dir`).")
             cases, skipped = scan_folder(dataset_dir, list(modalities), allow_missing=allow_missing_modalities)
             for folder, reason in skipped:
-                self._fail(os.path.basename(str(folder)), reason)
+                self.fail(os.path.basename(str(folder)), reason)
         _refuse_output_dir_inside_inputs(output_dir, dataset_dir, cases)
         for i, case in enumerate(cases):
             where = f"entry {i} of `{datalist_key}` in {datalist}" if datalist else f"folder {case.get('case_id')}"
             try:
                 case_id = case_id_of(case, where=where)
             except UnsafeNameError as err:
-                self._fail(f"#{i}", str(err))
+                self.fail(f"#{i}", str(err))
                 continue
             try:
                 info = check_case(case, dataset_dir, list(modalities), label_values=None, check_finite=check_finite,
@@ -116,7 +117,7 @@ class InferenceCases:
                         "by an earlier run."
                     )
             except (ValueError, OSError) as err:
-                self._fail(case_id, str(err))
+                self.fail(case_id, str(err))
                 continue
             self.valid.append(
                 {"case_id": case_id, "image": entries if len(entries) > 1 else entries[0], "reference": paths[0],
@@ -124,49 +125,13 @@ class InferenceCases:
             )
         logger.info("%d case(s) to segment, %d refused.", len(self.valid), len(self.failures))
 
-    def _fail(self, case_id: str, reason: str) -> None:
+    def fail(self, case_id: str, reason: str) -> None:
+        """Log ``case_id`` as skipped for ``reason`` and keep it for :meth:`report`."""
         logger.error("Case %s skipped: %s", case_id, reason)
         self.failures.append((case_id, reason))
 
-    def run(self, evaluator) -> None:
-        """Segment the valid cases one at a time with ``evaluator`` (the bundle's ``run``).
-
-        Each case gets its own one-case loader over the evaluator's dataset transform. An exception while one case
-        is loaded, segmented or written (out of memory, a transform failure) is caught through the evaluator's
-        ``EXCEPTION_RAISED`` event, becomes that case's entry in the report, and the next case runs; a checkpoint
-        that does not fit, or an interrupt, stops the run. The evaluator must have no other ``EXCEPTION_RAISED``
-        handler that re-raises (MONAI's ``StatsHandler`` does: leave it out of inference).
-        """
-        from ignite.engine import Events
-        from monai.data import DataLoader, Dataset
-
-        from ..engines import CheckpointError
-
-        errors: list[BaseException] = []
-
-        def record(engine, error: BaseException) -> None:
-            errors.append(error)
-
-        transform = evaluator.data_loader.dataset.transform
-        evaluator.add_event_handler(Events.EXCEPTION_RAISED, record)
-        try:
-            for index, case in enumerate(self.valid, 1):
-                errors.clear()
-                evaluator.data_loader = DataLoader(Dataset([case], transform=transform), batch_size=1, num_workers=0)
-                evaluator.state.epoch_length = 1  # the evaluator was built for the whole list
-                logger.info("Case %s (%d/%d), modalities: %s", case["case_id"], index, len(self.valid),
-                            self._describe(case["modalities_present"]))
-                evaluator.run()
-                if not errors:
-                    self.segmented.append(case["case_id"])
-                elif isinstance(errors[0], CheckpointError) or not isinstance(errors[0], Exception):
-                    raise errors[0]
-                else:  # one bad case never stops the others
-                    self._fail(case["case_id"], f"{type(errors[0]).__name__}: {_root_cause(errors[0])}")
-        finally:
-            evaluator.remove_event_handler(record, Events.EXCEPTION_RAISED)
-
-    def _describe(self, present: list[str]) -> str:
+    def describe(self, present: list[str]) -> str:
+        """``present`` modality names joined by ``+``, with the missing ones of :attr:`modalities`."""
         missing = [m for m in self.modalities if m not in present]
         return "+".join(present) + (f" (missing: {', '.join(missing)})" if missing else " (all)")
 
@@ -174,18 +139,11 @@ class InferenceCases:
         """Log the outcome last, one line per segmented case with the modalities it had; exit with status 1
         (``SystemExit``, no traceback) listing every failed case."""
         present = {case["case_id"]: case["modalities_present"] for case in self.valid}
-        lines = "".join(f"\n  {cid}: {self._describe(present[cid])}" for cid in self.segmented)
+        lines = "".join(f"\n  {cid}: {self.describe(present[cid])}" for cid in self.segmented)
         logger.info("Label maps written to %s for %d case(s):%s", self.output_dir, len(self.segmented), lines)
         if self.failures:
             details = "\n".join(f"  {cid}: {why}" for cid, why in self.failures)
             raise CasesFailed(f"{len(self.failures)} case(s) could not be segmented:\n{details}")
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost message of a chain (MONAI wraps transform errors in "applying transform ..." errors)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return str(error)
 
 
 class CasesFailed(SystemExit):

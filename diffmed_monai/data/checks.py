@@ -14,14 +14,11 @@ from collections.abc import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
-from ..utils import UnsafeNameError, case_id_of, grid_problems, resampled_shape
+from ..utils import UnsafeNameError, case_id_of, grid_problems, missing_modality_hint, resampled_shape
 
-__all__ = ["ALLOW_MISSING_KEY", "CaseError", "check_case", "check_datalist", "missing_modality_hint"]
+__all__ = ["CaseError", "check_case", "check_datalist"]
 
 logger = logging.getLogger(__name__)
-
-#: the top-level config key that lets inference and evaluation run a case with a subset of the modality files
-ALLOW_MISSING_KEY = "allow_missing_modalities"
 
 AFFINE_ATOL = 1e-3  # mm; modalities and label of one case must share the affine to this tolerance
 
@@ -56,14 +53,6 @@ def _load(case_id: str, path: str, role: str) -> tuple[nib.spatialimages.Spatial
             f"fix its header or remove the case from `datalist`."
         )
     return image, data
-
-
-def missing_modality_hint() -> str:
-    """The sentence every refusal of a missing modality file ends with (it names the config key)."""
-    return (
-        f"set `{ALLOW_MISSING_KEY}: true` to segment the case with the modalities present (the network is told which "
-        "are missing), or check `dataset_dir` and the paths in `datalist`"
-    )
 
 
 def check_case(

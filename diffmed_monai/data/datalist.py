@@ -13,13 +13,12 @@ import glob
 import json
 import logging
 import os
-import random
 import re
 from collections.abc import Sequence
 
-from monai.data import load_decathlon_datalist
+from monai.data import load_decathlon_datalist, partition_dataset
 
-from ..utils import NIFTI_EXTS, strip_nifti_ext
+from ..utils import ALLOW_MISSING_KEY, NIFTI_EXTS, strip_nifti_ext
 
 __all__ = [
     "AMOS_MRI_FIRST_ID",
@@ -271,7 +270,7 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
                     images.append(None)
                 else:
                     problems.append(
-                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `allow_missing_modalities: true` to "
+                        f"no *_{modality}.nii.gz or *-{modality}.nii.gz file (set `{ALLOW_MISSING_KEY}: true` to "
                         "segment it with the modalities present)"
                     )
             if not problems and not any(images):
@@ -286,22 +285,25 @@ def scan_folder(root: str, modalities: Sequence[str], allow_missing: bool = Fals
 
 
 def split_cases(cases: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Deterministic random split into ``(train, val)``.
+    """Deterministic random split into ``(train, val)`` by ``monai.data.partition_dataset``.
 
-    Cases are sorted by ``case_id`` (when all have one) before a ``random.Random(seed)`` shuffle, so the split
-    does not depend on file-system order. ``round(n * val_fraction)`` validation cases, at least one when
-    ``val_fraction > 0`` and there are two or more cases.
+    Cases are sorted by ``case_id`` (when all have one) before the seeded shuffle, so the split does not depend on
+    file-system order. ``round(n * val_fraction)`` validation cases, at least one when ``val_fraction > 0`` and there
+    are two or more cases, and then at least one training case.
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     order = list(cases)
+    if not order:
+        return [], []
     if all(isinstance(c, dict) and "case_id" in c for c in order):
         order.sort(key=lambda c: str(c["case_id"]))
-    random.Random(seed).shuffle(order)
     n_val = int(round(len(order) * float(val_fraction)))
     if val_fraction > 0 and len(order) >= 2:
         n_val = min(max(n_val, 1), len(order) - 1)
-    return order[n_val:], order[:n_val]
+    # ratios in case counts, so partition_dataset's rounding gives exactly n_val validation cases
+    val, train = partition_dataset(order, ratios=[n_val, len(order) - n_val], shuffle=True, seed=seed)
+    return train, val
 
 
 def read_datalist(path: str, list_key: str, base_dir: str | None = None, key: str = "datalist") -> list[dict]:

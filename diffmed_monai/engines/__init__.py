@@ -13,6 +13,7 @@ from .checkpoint import (
     non_finite_tensors,
     set_aside_earlier_run,
 )
+from .cases import run_cases
 from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 from .progress import ProgressPlot
@@ -45,6 +46,7 @@ __all__ = [
     "loss_parts",
     "non_finite_tensors",
     "reuse_freed_memory",
+    "run_cases",
     "sample_modality_mask",
     "set_aside_earlier_run",
     "store_frozen_linears_in",

@@ -2,7 +2,8 @@
 per-case CSV with the modalities present."""
 
 from .cases import CaseMetricsCSV
-from .hd95 import EMPTY_CASE_RULES, HausdorffDistance95
+from .empty import EMPTY_CASE_RULES, check_empty_rule, dice_ignores_empty, score_empty_structures
+from .hd95 import HausdorffDistance95
 from .lesionwise import BRATS2023_LESION_SETTINGS, LesionWiseMetric, lesion_wise_scores
 from .segmentation import channel_output_transform, segmentation_metrics
 from .summary import MetricsSummaryTable
@@ -15,6 +16,9 @@ __all__ = [
     "LesionWiseMetric",
     "MetricsSummaryTable",
     "channel_output_transform",
+    "check_empty_rule",
+    "dice_ignores_empty",
     "lesion_wise_scores",
+    "score_empty_structures",
     "segmentation_metrics",
 ]

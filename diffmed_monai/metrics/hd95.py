@@ -1,4 +1,4 @@
-"""HD95 in mm with the BraTS rule for empty structures."""
+"""HD95 in mm with the BraTS rule for empty structures (:mod:`.empty`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from collections.abc import Sequence
 import torch
 from monai.metrics import HausdorffDistanceMetric
 
-__all__ = ["EMPTY_CASE_RULES", "HausdorffDistance95"]
+from .empty import check_empty_rule, score_empty_structures
 
-#: how a structure absent from the reference and/or the prediction is scored (config key ``metric_empty_rule``)
-EMPTY_CASE_RULES = ("brats", "monai")
+__all__ = ["HausdorffDistance95"]
 
 
 class HausdorffDistance95(HausdorffDistanceMetric):
@@ -20,10 +19,8 @@ class HausdorffDistance95(HausdorffDistanceMetric):
 
     Input: one-hot ``y_pred``, ``y`` ``(B, C, *spatial)``. Output ``(B, C)`` distances.
 
-    ``empty="monai"`` keeps MONAI's rule (NaN where either mask is empty, left out of the mean). ``empty="brats"``
-    applies the BraTS challenge rule: 0 where both masks are empty, and where exactly one is empty the diagonal of
-    the image box in mm (373.13 for 240 x 240 x 155 voxels of 1 mm), so that missed and spurious structures are
-    penalised instead of silently dropped.
+    ``empty``: how a structure absent from one or both masks is scored, ``"brats"`` or ``"monai"``
+    (:mod:`diffmed_monai.metrics.empty`).
     """
 
     def __init__(
@@ -33,13 +30,9 @@ class HausdorffDistance95(HausdorffDistanceMetric):
         empty: str = "brats",
         **kwargs,
     ) -> None:
-        if empty not in EMPTY_CASE_RULES:
-            raise ValueError(
-                f"HD95 empty-case rule {empty!r} is not one of {EMPTY_CASE_RULES} (config key `metric_empty_rule`)."
-            )
         super().__init__(include_background=include_background, percentile=95, **kwargs)
         self.spacing = None if spacing is None else [float(s) for s in spacing]
-        self.empty = empty
+        self.empty = check_empty_rule(empty)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.spacing is not None:
@@ -56,6 +49,4 @@ class HausdorffDistance95(HausdorffDistanceMetric):
         spacing = kwargs.get("spacing") or [1.0] * len(dims)
         spacing = [float(spacing)] * len(dims) if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
         diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(y.shape[2:], spacing)))
-        distances = distances.to(y_pred.device)
-        distances = torch.where(pred_empty ^ ref_empty, torch.full_like(distances, diagonal), distances)
-        return torch.where(pred_empty & ref_empty, torch.zeros_like(distances), distances)
+        return score_empty_structures(distances.to(y_pred.device), pred_empty, ref_empty, diagonal)

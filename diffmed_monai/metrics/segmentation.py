@@ -9,7 +9,8 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 from monai.utils import CommonKeys as Keys
 
-from .hd95 import EMPTY_CASE_RULES, HausdorffDistance95
+from .empty import check_empty_rule, dice_ignores_empty
+from .hd95 import HausdorffDistance95
 
 __all__ = ["channel_output_transform", "segmentation_metrics"]
 
@@ -40,20 +41,16 @@ def segmentation_metrics(
     Each reads channel c of the one-hot ``pred``/``label``. ``hd95=False`` gives Dice only (cheap enough for
     validation during training). The BraTS regions are written out in ``evaluate.json``.
 
-    ``empty`` (config key ``metric_empty_rule``): ``"brats"`` scores a structure absent from both the reference
-    and the prediction as Dice 1 / HD95 0, and one absent from exactly one of them as Dice 0 / HD95 = the image
-    diagonal in mm (the BraTS 2018-2021 rules); ``"monai"`` keeps MONAI's defaults (NaN, left out of the means).
+    ``empty`` (config key ``metric_empty_rule``): how a structure absent from one or both masks is scored,
+    ``"brats"`` or ``"monai"`` (:mod:`diffmed_monai.metrics.empty`).
     """
-    if empty not in EMPTY_CASE_RULES:
-        raise ValueError(
-            f"Empty-case rule {empty!r} is not one of {EMPTY_CASE_RULES} (config key `metric_empty_rule`)."
-        )
+    check_empty_rule(empty)
     metrics: dict = {}
     for channel, name in enumerate(class_names):
         if channel == 0:
             continue
         transform = channel_output_transform(channel)
-        dice = DiceMetric(include_background=True, ignore_empty=empty == "monai")
+        dice = DiceMetric(include_background=True, ignore_empty=dice_ignores_empty(empty))
         metrics[f"dice_{name}"] = IgniteMetricHandler(metric_fn=dice, output_transform=transform)
         if hd95:
             distance = HausdorffDistance95(spacing, empty=empty)

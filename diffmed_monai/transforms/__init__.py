@@ -15,7 +15,7 @@ from .io import (
     output_path_for,
     write_nifti_atomic,
 )
-from .modalities import FillMissingModalitiesd, SelectPresentModalitiesd, present_names
+from .modalities import FillMissingModalitiesd, SelectPresentModalitiesd
 from .pictures import PNG_SOFTWARE, SaveCasePNGd, default_png_modalities, is_own_png, lesion_centre
 from .postprocess import RelabelSmallComponentsd, relabel_small_components
 
@@ -38,7 +38,6 @@ __all__ = [
     "lesion_centre",
     "output_path_for",
     "pad_to_network",
-    "present_names",
     "relabel_small_components",
     "write_nifti_atomic",
 ]

@@ -12,7 +12,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import CropForeground, CropForegroundd, DivisiblePadd
 
-from ..networks.diffmed import DiffMedDINOv3
+from ..utils import TOKEN_STRIDE
 
 __all__ = ["NETWORK_GRID", "CropForegroundOnGrid", "CropForegroundOnGridd", "is_nonzero",
            "pad_to_network"]
@@ -20,7 +20,7 @@ __all__ = ["NETWORK_GRID", "CropForegroundOnGrid", "CropForegroundOnGridd", "is_
 logger = logging.getLogger(__name__)
 
 #: the network's stride in-plane, none across slices: slices are padded to it and crops start on it
-NETWORK_GRID = (DiffMedDINOv3.stride, DiffMedDINOv3.stride, 1)
+NETWORK_GRID = (TOKEN_STRIDE, TOKEN_STRIDE, 1)
 
 
 def is_nonzero(x: torch.Tensor) -> torch.Tensor:

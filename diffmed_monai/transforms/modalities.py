@@ -17,14 +17,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..data.checks import missing_modality_hint
+from ..utils import missing_modality_hint
 
-__all__ = ["FillMissingModalitiesd", "SelectPresentModalitiesd", "present_names"]
-
-
-def present_names(mask: torch.Tensor | Sequence[float], modalities: Sequence[str]) -> list[str]:
-    """Names of the modalities marked present (non-zero) in ``mask`` ``(M,)``."""
-    return [name for name, flag in zip(modalities, torch.as_tensor(mask).flatten().tolist()) if flag]
+__all__ = ["FillMissingModalitiesd", "SelectPresentModalitiesd"]
 
 
 class SelectPresentModalitiesd(MapTransform):

@@ -74,17 +74,15 @@ def _as_float_array(data) -> np.ndarray:
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    """``(..., X, Y, Z)`` voxel array reordered and flipped so that its axes run toward R, A and S."""
+    """``(..., X, Y, Z)`` voxel array reordered and flipped so that its axes run toward R, A and S (nibabel's
+    ``apply_orientation``, which works on the leading axes: the channel axes move behind the spatial ones for it)."""
     if affine is None:
         return array
     ornt = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
-    lead = array.ndim - 3
-    out = array
-    for axis, (_target, flip) in enumerate(ornt):  # nibabel's apply_orientation, on the last three axes
-        if flip == -1:
-            out = np.flip(out, axis=lead + axis)
-    order = list(range(lead)) + [lead + int(i) for i in np.argsort(ornt[:, 0])]
-    return np.ascontiguousarray(np.transpose(out, order))
+    lead = list(range(array.ndim - 3))
+    behind = [3 + i for i in lead]
+    out = orientations.apply_orientation(np.moveaxis(array, lead, behind), ornt)
+    return np.ascontiguousarray(np.moveaxis(out, behind, lead))
 
 
 def _ras_spacing(affine: np.ndarray | None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Small rules every layer of the package shares: parsing user flags, naming and writing files safely."""
+"""Small rules every layer of the package shares: parsing user flags, naming and writing files safely, the token
+grid, shared refusal hints."""
 
 from .files import (
     NIFTI_EXTS,
@@ -12,8 +13,10 @@ from .files import (
 )
 from .grid import MIN_AXIAL_SLICES, TOKEN_STRIDE, grid_problems, resampled_shape
 from .flags import as_bool, parse_flags
+from .messages import ALLOW_MISSING_KEY, missing_modality_hint
 
 __all__ = [
+    "ALLOW_MISSING_KEY",
     "MIN_AXIAL_SLICES",
     "TOKEN_STRIDE",
     "NIFTI_EXTS",
@@ -23,6 +26,7 @@ __all__ = [
     "case_id_of",
     "fsync_dir",
     "grid_problems",
+    "missing_modality_hint",
     "parse_flags",
     "path_inside",
     "resampled_shape",
