@@ -56,8 +56,9 @@ def preprocess(dataset_dir: str, store_dir: str | None = None, presets: Sequence
 
     Runs the bundle's ``preprocess`` entry (``train.json`` + ``preprocess.json`` + ``presets``): each case of the
     datalist (``<dataset_dir>/datalist.json`` unless ``--datalist``) is checked, resampled, cropped, normalised and
-    written to ``store_dir`` (default ``<bundle_root>/store``) by ``workers`` processes (default: up to 8), with a
-    progress bar. Complete cases are skipped, so a rerun continues after an interruption; a bad case is reported with
+    written to ``store_dir`` by ``workers`` processes (default: up to 8), with a progress bar. The default
+    ``store_dir`` is ``<store_root>/<digest of the store's settings>`` (``store_root``: ``<bundle_root>/store``), where
+    training with the same presets finds it and other presets never collide. Complete cases are skipped, so a rerun continues after an interruption; a bad case is reported with
     its file and reason and the others are still written (the command then exits with an error). Other
     ``--key value`` pairs override config keys, e.g. ``--pixdim "[1,1,1]"``.
 
@@ -110,11 +111,11 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     datalist = Path(make_demo_data(str(data_dir), num_cases=num_cases, seed=seed, overwrite=True, val_fraction=0.25))
 
     common = dict(bundle_root=str(run_dir), dataset_dir=str(data_dir), datalist=str(datalist))
-    store_dir = run_dir / "store"
-    print(f"[2/6] Preprocessing the cases into the slice store {store_dir}", flush=True)
-    shutil.rmtree(store_dir, ignore_errors=True)  # the demo's own store, of the data just regenerated
-    preprocess(str(data_dir), store_dir=str(store_dir), presets=[str(tiny)], bundle_root=str(run_dir),
-               bundle_dir=str(bundle), datalist=str(datalist))
+    store_root = run_dir / "store"  # the default store (<store_root>/<settings digest>) that training reads
+    print(f"[2/6] Preprocessing the cases into the slice store under {store_root}", flush=True)
+    shutil.rmtree(store_root, ignore_errors=True)  # the demo's own stores, of the data just regenerated
+    preprocess(str(data_dir), presets=[str(tiny)], bundle_root=str(run_dir), bundle_dir=str(bundle),
+               datalist=str(datalist))
 
     print(f"[3/6] Training {epochs} epoch(s) with the tiny preset (random tiny teacher) -> {run_dir}", flush=True)
     _run_bundle("training", bundle, [configs / "train.json", tiny], epochs=epochs, resume=False, **common)

@@ -280,7 +280,8 @@ def test_pack_bundle_zip_is_self_contained(packed):
     assert "diffmed_monai" not in text
     train = json.loads((root / "configs" / "train.json").read_text())
     assert train["network_def"]["_target_"] == "scripts.networks.DiffMedDINOv3"
-    assert "$import scripts.networks" in train["imports"]
+    assert not [i for i in train["imports"] if "scripts" in i]  # imported from bundle_root when used
+    assert train["teacher_dim"] == "$bundle_module('scripts.networks').teacher_width(@teacher_arch)"
     source_modules = {p.relative_to(REPO / "diffmed_monai").as_posix() for p in (REPO / "diffmed_monai").rglob("*.py")
                       if "__pycache__" not in p.parts and p.name != "cli.py"}
     assert {p.relative_to(root / "scripts").as_posix() for p in (root / "scripts").rglob("*.py")} == source_modules

@@ -34,6 +34,7 @@ from .store import (
     SliceStore,
     StoreError,
     case_id_of,
+    default_store_dir,
     describe_transform,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "case_id_of",
     "check_case",
     "check_datalist",
+    "default_store_dir",
     "demo_affine",
     "describe_transform",
     "make_demo_case",
