@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .data import make_demo_data, prepare_datalist
+from .errors import TRACEBACK_ENV, format_project_error, project_error
 
 __all__ = ["BUNDLE_DIR", "demo", "main", "preprocess"]
 
@@ -57,10 +60,11 @@ def preprocess(dataset_dir: str, store_dir: str | None = None, presets: Sequence
     Runs the bundle's ``preprocess`` entry (``train.json`` + ``preprocess.json`` + ``presets``): each case of the
     datalist (``<dataset_dir>/datalist.json`` unless ``--datalist``) is checked, resampled, cropped, normalised and
     written to ``store_dir`` by ``workers`` processes (default: up to 8), with a progress bar. The default
-    ``store_dir`` is ``<store_root>/<digest of the store's settings>`` (``store_root``: ``<bundle_root>/store``), where
-    training with the same presets finds it and other presets never collide. Complete cases are skipped, so a rerun continues after an interruption; a bad case is reported with
-    its file and reason and the others are still written (the command then exits with an error). Other
-    ``--key value`` pairs override config keys, e.g. ``--pixdim "[1,1,1]"``.
+    ``store_dir`` is ``<store_root>/<digest of the store's settings>`` (``store_root``: ``<bundle_root>/store``),
+    where training with the same presets finds it and other presets never collide. Complete cases are skipped, so a
+    rerun continues after an interruption; a bad case is reported with its file and reason and the others are still
+    written (the command then exits with an error). Other ``--key value`` pairs override config keys, e.g.
+    ``--pixdim "[1,1,1]"``.
 
     Example: ``diffmed-monai preprocess --dataset_dir /data/BraTS2021 --store_dir /data/brats2021_store
     --presets brats --workers 8``. Returns the summary as a dict.
@@ -163,8 +167,15 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fire.Fire({"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist,
-               "preprocess": preprocess})
+    try:
+        fire.Fire({"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist,
+                   "preprocess": preprocess})
+    except Exception as err:  # a refusal of this package ends the output, alone; anything else: the traceback
+        error = None if os.environ.get(TRACEBACK_ENV) == "1" else project_error(err)
+        if error is None:
+            raise
+        print(format_project_error(error), file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,14 @@ def test_a_case_in_two_lists_is_stored_once(tmp_path):
     parser.read_config([str(TRAIN), str(TINY)])
     parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(root)})
     store = parser.get_parsed_content("store")
-    summary = store.preprocess(cases + [dict(cases[0])], base_dir=str(root), progress=False)  # case 0 in training and validation
+    twice = cases + [dict(cases[0])]  # case 0 in training and validation
+    summary = store.preprocess(twice, base_dir=str(root), progress=False)
     assert (summary.total, summary.written, summary.failed) == (2, 2, [])
     assert sorted(os.listdir(os.path.join(store.store_dir, "cases"))) == sorted(c["case_id"] for c in cases)
 
     other = dict(cases[1], case_id=cases[0]["case_id"])  # another case's files under the same id: refused
-    summary = store.preprocess(cases + [other], base_dir=str(root), progress=False, raise_on_failure=False)
+    summary = store.preprocess(cases + [other], base_dir=str(root), progress=False,
+                               raise_on_failure=False)
     assert summary.present == 2 and len(summary.failed) == 1 and "other files" in summary.failed[0][1]
 
 
@@ -57,8 +59,8 @@ def test_two_presets_train_in_one_bundle_folder_with_default_stores(tmp_path):
     """tiny (2 mm) and tiny at 3 mm, one after the other in the same ``bundle_root``, both with the default
     ``store_dir``: each writes its own store, neither is refused."""
     datalist = make_demo_data(str(tmp_path / "data"), num_cases=2, seed=0, overwrite=True, val_fraction=0.5)
-    common = dict(bundle_root=str(tmp_path / "run"), dataset_dir=str(tmp_path / "data"), datalist=datalist,
-                  epochs=1, resume=False)
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(tmp_path / "data"), "datalist": datalist,
+              "epochs": 1, "resume": False}
     stores = []
     for extra in ({}, {"pixdim": [3.0, 3.0, 3.0]}):
         wf = workflow([TRAIN, TINY], **common, **extra)
