@@ -137,7 +137,7 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     result = {
         "label_maps": labels,
         "pictures": sorted(str(p) for p in pred_dir.glob("*.png")),
-        "evaluation_pictures": sorted(str(p) for p in eval_dir.glob("*.png")),
+        "evaluation_pictures": sorted(str(p) for p in eval_dir.glob("*.png") if p.name != "progress.png"),
         "metrics_csv": str(eval_dir / "metrics.csv"),
         "checkpoint": str(run_dir / "models" / "model.pt"),
         "tensorboard": str(run_dir / "eval" / "tensorboard"),
