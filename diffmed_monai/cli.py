@@ -102,8 +102,8 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     ``inference.json`` and evaluate them with ``evaluate.json``, both with ``save_png`` (one picture per case). Prints
     where the label maps, the metrics CSV, the pictures and ``progress.png`` are, and returns those paths.
 
-    With the defaults (8 cases, 20 epochs) it takes about a minute on 2 idle CPU cores and reaches a validation mean
-    Dice of about 0.74 on the synthetic cases; ``--epochs 2`` is the quickest smoke run.
+    The defaults (8 cases, 20 epochs) reach a validation mean Dice of about 0.74 on the synthetic cases (run time:
+    README.md); ``--epochs 2`` is the quickest smoke run.
     """
     started = time.time()
     bundle = _bundle(bundle_dir)
