@@ -358,7 +358,9 @@ class SliceStore:
                 raise StoreError(
                     f"No preprocessed store at {self.store_dir} (no {STORE_FILE}; config key `store_dir`). Run the "
                     f"preprocessing first: python -m monai.bundle run preprocess --config_file "
-                    f"\"['configs/train.json','configs/preprocess.json', <presets>]\" (or diffmed-monai preprocess)."
+                    f"\"['configs/train.json','configs/preprocess.json', <the presets of this run>]\" with the same "
+                    f"overrides (or diffmed-monai preprocess --presets ...): the default `store_dir` is named by "
+                    f"these settings, so preprocessing with other presets wrote another folder."
                 )
             self._refuse_foreign_folder()
             os.makedirs(self.store_dir, exist_ok=True)
