@@ -53,6 +53,7 @@ __all__ = [
     "check_logging_conf",
     "copy_runtime_code",
     "index_unreachable",
+    "lazy_bundle_imports",
     "local_schema_path",
     "metadata_requirements",
     "pack_bundle",
@@ -340,6 +341,51 @@ def rewrite_package_references(text: str) -> str:
     return re.sub(rf"\b{PACKAGE_NAME}\b", BUNDLE_CODE, text)
 
 
+#: First ``initialize`` expression of every packed config: ``bundle_root`` goes on ``sys.path`` so that ``scripts``
+#: imports from the bundle whatever the working directory (MONAI's ``ConfigWorkflow.run`` adds the configs' parent
+#: folder too, but only after ``initialize``, and ``monai.bundle.load`` builds ``network_def`` without ``run``).
+BUNDLE_PATH_EXPR = ("$sys.path.insert(1, os.path.abspath(@bundle_root)) "
+                    "if os.path.abspath(@bundle_root) not in sys.path else None")
+_CODE_IMPORT = re.compile(rf"^\$\s*(import|from)\s+{BUNDLE_CODE}\b")
+_CODE_ATTRIBUTE = re.compile(rf"\b{BUNDLE_CODE}\.(\w+)\.")
+#: ``importlib.import_module`` under a name without "import" (MONAI parses any expression holding "import" as an
+#: import statement first, which fails on its ``@`` references).
+_CODE_LOADER = "bundle_module"
+
+
+def lazy_bundle_imports(config: dict) -> dict:
+    """A packed config (after :func:`rewrite_package_references`) whose ``scripts`` imports follow ``bundle_root``.
+
+    MONAI evaluates every ``$import`` of ``imports`` when the first config item is resolved, so ``$import
+    scripts...`` would fail (and stay failed) when the working directory is not the bundle's. Here those imports
+    are dropped, every ``$`` expression reads ``scripts.<module>.<name>`` as ``bundle_module('scripts.<module>')
+    .<name>`` (``importlib.import_module``, imported when evaluated), and each ``initialize`` list starts with
+    :data:`BUNDLE_PATH_EXPR`. ``"_target_"`` names are located when instantiated and need no change.
+    """
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and value.startswith("$") and not _CODE_IMPORT.match(value):
+            return _CODE_ATTRIBUTE.sub(rf"{_CODE_LOADER}('{BUNDLE_CODE}.\1').", value)
+        return value
+
+    out = {}
+    for key, value in config.items():
+        if key in ("imports", "+imports") and isinstance(value, list):
+            value = [v for v in value if not (isinstance(v, str) and _CODE_IMPORT.match(v))]
+            if key == "imports":
+                value += [v for v in (f"$from importlib import import_module as {_CODE_LOADER}", "$import os",
+                                      "$import sys") if v not in value]
+            elif not value:
+                continue
+        elif key == "initialize" and isinstance(value, list):
+            value = [BUNDLE_PATH_EXPR] + list(value)
+        out[key] = walk(value)
+    return out
+
+
 def copy_runtime_code(dest: str | os.PathLike, package_dir: str | os.PathLike = PACKAGE_DIR) -> list[Path]:
     """Copy the package's modules (all but the command line) into ``dest``, the bundle's ``scripts/``.
 
@@ -552,8 +598,11 @@ def pack_bundle(
             target.parent.mkdir(parents=True, exist_ok=True)
             source = preset_copies.get(rel, bundle / rel)
             if self_contained and rel.startswith("configs/") and rel.endswith(".json"):
-                text = source.read_text(encoding="utf-8")
-                target.write_text(rewrite_package_references(text), encoding="utf-8")
+                text = rewrite_package_references(source.read_text(encoding="utf-8"))
+                config = json.loads(text)
+                if isinstance(config, dict) and rel != "configs/metadata.json":
+                    text = json.dumps(lazy_bundle_imports(config), indent=4) + "\n"
+                target.write_text(text, encoding="utf-8")
             else:
                 shutil.copyfile(source, target)
         if self_contained:

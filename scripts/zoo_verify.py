@@ -1,26 +1,37 @@
 #!/usr/bin/env python
-"""Run the MONAI Model Zoo's own checks on the packed bundle, in a copy of a Model Zoo checkout.
+"""Run the MONAI Model Zoo's CI on the packed bundle as the zoo's own scripts run it, in a copy of a zoo checkout.
 
     python scripts/zoo_verify.py --zoo_dir /path/to/model-zoo [--zip dist/<name>_v<version>.zip]
-        [--python /path/to/clean-venv/bin/python] [--install True] [--work_dir /tmp/zoo_verify]
+        [--python /path/to/clean-venv/bin/python] [--install True] [--configs_only False] [--work_dir /tmp/zoo_verify]
 
-``--zoo_dir`` is a checkout of https://github.com/Project-MONAI/model-zoo (nothing is cloned or downloaded here;
-its ``ci/`` scripts are not vendored in this repository). In ``<work_dir>/model-zoo`` it lays out what a pull request
-adding the bundle would: the zoo's ``ci/`` and ``models/model_info.json``, the zip unpacked as ``models/<name>/``,
-the bundle's unit test as ``ci/unit_tests/test_<name>.py`` and ``<name>`` added to ``exclude_verify_torchscript_list``
-in ``ci/bundle_custom_data.py`` (MONAI's Swin Transformer cannot be scripted). Then, as the zoo's CI does:
+``--zoo_dir`` is a checkout of https://github.com/Project-MONAI/model-zoo (nothing is cloned here; its ``ci/`` is
+not vendored in this repository). In ``<work_dir>/model-zoo`` this lays out what a pull request adding the bundle
+holds: the zoo's files, the zip unpacked as ``models/<name>/``, the bundle's unit test as
+``ci/unit_tests/test_<name>.py`` and ``<name>`` in ``exclude_verify_torchscript_list`` of
+``ci/bundle_custom_data.py`` (MONAI's Swin Transformer cannot be scripted); with ``--configs_only`` also in
+``exclude_verify_preferred_files_list`` (a submission without ``models/model.pt``). Then the zoo's jobs, each step
+as its script runs it, in its order, from the zoo root with ``PYTHONPATH`` the zoo root and ``ALLOW_MONAI_RC=true``:
 
-1. ``code format``: isort, black and flake8 with the checkout's ``setup.cfg`` / ``pyproject.toml`` on the bundle's
-   ``scripts/`` and the unit test (this Python; needs the dev extra);
-2. ``requirements``: ``ci/get_bundle_requirements.py`` (``--install``: ``pip install --pre -r`` it into ``--python``);
-3. ``schema``: the metadata schema copied to ``models/<name>/eval/schema.json`` as ``ci/prepare_schema.py`` does,
-   from the SHA-256-checked copy in ``scripts/resources`` instead of a download;
-4. ``fake weights``: without ``models/model.pt`` in the zip, the zoo's ``_produce_fake_weights`` writes random ones;
-5. ``verify min`` / ``verify full``: ``ci/verify_bundle.py -b <name> -m min|full`` (the CPU and GPU premerge modes);
-6. ``unit test``: ``ci/unit_tests/runner.py --b <name>``.
+* ``code format`` (the code-format workflow, ``runtests.sh --codeformat``): isort, black and flake8 with the
+  checkout's ``setup.cfg`` / ``pyproject.toml`` on the bundle's ``scripts/`` and the unit test (this Python; needs
+  the dev extra);
+* ``premerge-cpu`` (``ci/run_premerge_cpu.sh``): ``pip install -r requirements.txt`` and ``pip install jsonschema
+  gdown pyyaml``; ``ci/prepare_schema.py``; ``ci/get_bundle_requirements.py --b <name> --requirements_file
+  requirements_<name>.txt``; a new virtual environment ``model_zoo_venv`` with ``pip install --upgrade pip wheel``,
+  ``--upgrade setuptools``, ``jsonschema gdown pyyaml parameterized fire`` and ``pip install --pre -r
+  requirements_<name>.txt``; ``ci/verify_bundle.py -b <name> -m min``;
+* ``premerge-gpu`` (``ci/run_premerge_gpu.sh``): a new ``model_zoo_venv`` with ``pip install --upgrade pip wheel``
+  and ``pip install -r requirements-dev.txt``; ``ci/get_bundle_requirements.py --b <name>`` and ``pip install --pre
+  -r`` the file it names; the bundle's extra install script if the zoo lists one; ``ci/verify_bundle.py --b <name>``
+  (mode ``full``); ``ci/unit_tests/runner.py --b <name>``.
 
-Steps 2-6 run with ``--python`` (default: this interpreter), so a clean virtual environment holding only the
-metadata's packages shows that the bundle needs nothing else. Prints one line per step; exit status 1 if any failed.
+The pip steps run only with ``--install`` (they need the package index); without it every step runs with
+``--python`` (default: this interpreter), which must already hold what they install. ``ci/prepare_schema.py``
+downloads the metadata schema: it runs as it is when the schema is reachable, otherwise its output, the schema
+copied to ``models/<name>/eval/schema.json``, comes from the SHA-256-checked copy in ``scripts/resources`` (the
+report says which). Nothing else is added: a zip without ``models/model.pt`` fails ``verify_bundle.py`` as it would
+in the zoo (``necessary file models/model.pt is not existing``), unless ``--configs_only``. Prints one line per step
+and what the zoo will do with the zip's weights; exit status 1 if any step failed.
 """
 
 from __future__ import annotations
@@ -31,17 +42,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundle_tools import RESOURCES, SCHEMA_SHA256, _sha256, local_schema_path, pack_bundle, zoo_code_format  # noqa
+from bundle_tools import (  # noqa: E402
+    RESOURCES,
+    SCHEMA_SHA256,
+    _sha256,
+    local_schema_path,
+    pack_bundle,
+    zoo_code_format,
+)
 
 NAME = "diffmed_dinov3_brats_segmentation"
 UNIT_TEST = Path(__file__).resolve().parent / "zoo" / f"test_{NAME}.py"
 EXCLUDE_LIST = "exclude_verify_torchscript_list"
+PREFERRED_FILES_LIST = "exclude_verify_preferred_files_list"
+JOBS = ("code format", "premerge-cpu", "premerge-gpu")
 
 
 def add_exclusion(custom_data: Path, name: str, list_name: str = EXCLUDE_LIST) -> None:
@@ -55,31 +76,136 @@ def add_exclusion(custom_data: Path, name: str, list_name: str = EXCLUDE_LIST) -
         custom_data.write_text(text, encoding="utf-8")
 
 
-def _run(step: str, cmd: list[str], cwd: Path, results: list, env: dict | None = None, timeout: int = 1800) -> bool:
+def _run(step: str, cmd: list[str], cwd: Path, results: list, env: dict | None = None,
+         timeout: int = 3600) -> str | None:
+    """Run one step; record it; return its stdout when it passed, else ``None``."""
     proc = subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, env=env, timeout=timeout)
     output = (proc.stdout + proc.stderr).strip()
     print(f"--- {step}: {' '.join(cmd)} (exit {proc.returncode})\n{output[-6000:]}", flush=True)
     results.append((step, proc.returncode))
-    return proc.returncode == 0
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _skip(step: str, why: str, results: list) -> None:
+    print(f"--- {step}: not run ({why})", flush=True)
+    results.append((step, None))
+
+
+def _reachable(url: str, timeout: float = 15.0) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:  # no network, DNS, proxy, TLS, HTTP error
+        return False
+
+
+def _prepare_schema(root: Path, bundle: Path, name: str, py: str, env: dict, results: list) -> None:
+    """``ci/prepare_schema.py --l <name>`` when the schema's address answers; else its output from the checked copy."""
+    schema_url = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"]
+    if _reachable(schema_url):
+        _run("prepare schema", [py, "ci/prepare_schema.py", "--l", name], root, results, env)
+        return
+    schema = local_schema_path(schema_url)
+    if schema is None or _sha256(schema) != SCHEMA_SHA256.get(schema.name):
+        raise FileNotFoundError(f"{schema_url} is unreachable and {RESOURCES} holds no checked copy of it.")
+    (bundle / "eval").mkdir(exist_ok=True)
+    shutil.copyfile(schema, bundle / "eval" / "schema.json")
+    print(f"--- prepare schema: {schema_url} unreachable: models/{name}/eval/schema.json copied from {schema} "
+          "(the SHA-256-checked copy of that file)", flush=True)
+    results.append(("prepare schema", 0))
+
+
+def _new_venv(root: Path, py: str, results: list, env: dict) -> str | None:
+    """``python -m venv model_zoo_venv`` (init_venv of the zoo's premerge scripts); its Python, or ``None``."""
+    venv = root / "model_zoo_venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    if _run("venv", [py, "-m", "venv", str(venv)], root, results, env) is None:
+        return None
+    return str(venv / "bin" / "python")
+
+
+def _premerge_cpu(root: Path, bundle: Path, name: str, py: str, install: bool, env: dict, results: list) -> None:
+    if install:
+        _run("pip install -r requirements.txt", [py, "-m", "pip", "install", "-r", "requirements.txt"], root,
+             results, env)
+        _run("pip install jsonschema gdown pyyaml", [py, "-m", "pip", "install", "jsonschema", "gdown", "pyyaml"],
+             root, results, env)
+    _prepare_schema(root, bundle, name, py, env, results)
+    req_file = f"requirements_{name}.txt"
+    _run("get_bundle_requirements", [py, "ci/get_bundle_requirements.py", "--b", name, "--requirements_file",
+                                     req_file], root, results, env)
+    vpy = py
+    if install:
+        vpy = _new_venv(root, py, results, env) or py
+        for args in (["--upgrade", "pip", "wheel"], ["--upgrade", "setuptools"],
+                     ["jsonschema", "gdown", "pyyaml", "parameterized", "fire"]):
+            _run(f"venv: pip install {' '.join(args)}", [vpy, "-m", "pip", "install", *args], root, results, env)
+        if (root / req_file).is_file() and (root / req_file).stat().st_size > 0:
+            _run(f"venv: pip install --pre -r {req_file}", [vpy, "-m", "pip", "install", "--pre", "-r", req_file],
+                 root, results, env)
+    else:
+        _skip("pip install (requirements, venv)", "--install False: --python holds them", results)
+    _run("verify_bundle -m min", [vpy, "ci/verify_bundle.py", "-b", name, "-m", "min"], root, results, env)
+    shutil.rmtree(root / "model_zoo_venv", ignore_errors=True)
+
+
+def _premerge_gpu(root: Path, name: str, py: str, install: bool, env: dict, results: list) -> None:
+    vpy = py
+    if install:
+        vpy = _new_venv(root, py, results, env) or py
+        _run("venv: pip install --upgrade pip wheel", [vpy, "-m", "pip", "install", "--upgrade", "pip", "wheel"],
+             root, results, env)
+        _run("venv: pip install -r requirements-dev.txt", [vpy, "-m", "pip", "install", "-r", "requirements-dev.txt"],
+             root, results, env)
+    out = _run("get_bundle_requirements", [vpy, "ci/get_bundle_requirements.py", "--b", name], root, results, env)
+    requirements = out.strip().splitlines()[-1] if out and out.strip() else ""
+    if install and requirements:
+        _run(f"venv: pip install --pre -r {requirements}", [vpy, "-m", "pip", "install", "--pre", "-r", requirements],
+             root, results, env)
+    out = _run("get extra install script", [vpy, "ci/get_bundle_requirements.py", "--b", name, "--get_script",
+                                            "True"], root, results, env)
+    script = out.strip().splitlines()[-1] if out and out.strip() else ""
+    if script:
+        if install:
+            _run(f"bash {script}", ["bash", script], root, results, env)
+        else:
+            _skip(f"bash {script}", "--install False", results)
+    _run("verify_bundle (full)", [vpy, "ci/verify_bundle.py", "--b", name], root, results, env)
+    _run("unit test", [vpy, "ci/unit_tests/runner.py", "--b", name], root, results, env)
+    shutil.rmtree(root / "model_zoo_venv", ignore_errors=True)
+
+
+def weights_report(bundle: Path, configs_only: bool) -> str:
+    """Whether the unpacked zip holds ``models/model.pt`` and what the zoo's ``verify_bundle.py`` does about it."""
+    if (bundle / "models" / "model.pt").is_file():
+        return "weights: models/model.pt is in the zip; verify_bundle.py loads it into network_def"
+    if configs_only:
+        return (f"weights: none in the zip; the bundle is in {PREFERRED_FILES_LIST} (a configs-only submission), so "
+                "verify_bundle.py does not ask for models/model.pt")
+    return ("weights: none in the zip; the zoo's verify_bundle.py refuses it (necessary file models/model.pt is not "
+            "existing): pack with --weights (trained on BraTS), host them through large_files.yml, or submit "
+            f"configs only with the bundle in {PREFERRED_FILES_LIST} (--configs_only True)")
 
 
 def zoo_verify(zoo_dir: str, zip: str | None = None, python: str | None = None, install: bool = False,
-               work_dir: str | None = None, name: str = NAME) -> int:
-    """Run the Model Zoo's CI steps on the packed bundle; return 0 when all pass (see the module docstring)."""
+               work_dir: str | None = None, name: str = NAME, configs_only: bool = False,
+               jobs: str | tuple = JOBS) -> int:
+    """Run the Model Zoo's CI jobs on the packed bundle; return 0 when every step passes (see the module docstring)."""
     zoo = Path(zoo_dir).resolve()
     if not (zoo / "ci" / "verify_bundle.py").is_file():
         raise FileNotFoundError(f"{zoo} is not a Model Zoo checkout (no ci/verify_bundle.py).")
+    jobs = tuple(j.strip() for j in jobs.split(",")) if isinstance(jobs, str) else tuple(jobs)
+    unknown = [j for j in jobs if j not in JOBS]
+    if unknown:
+        raise ValueError(f"Unknown job(s) {unknown} (`jobs`): choose from {list(JOBS)}.")
     work = Path(work_dir or tempfile.mkdtemp(prefix="zoo_verify_")).resolve()
     root = work / "model-zoo"
     if root.exists():
         shutil.rmtree(root)
-    shutil.copytree(zoo / "ci", root / "ci", ignore=shutil.ignore_patterns("__pycache__"))
-    for extra in ("setup.cfg", "pyproject.toml"):
-        shutil.copyfile(zoo / extra, root / extra)
-    (root / "models").mkdir()
-    shutil.copyfile(zoo / "models" / "model_info.json", root / "models" / "model_info.json")
+    shutil.copytree(zoo, root, ignore=shutil.ignore_patterns(".git", "__pycache__", "model_zoo_venv"))
     if zip is None:
         zip = pack_bundle(output_dir=str(work / "dist"), name=name)
+    shutil.rmtree(root / "models" / name, ignore_errors=True)
     with zipfile.ZipFile(zip) as zf:
         zf.extractall(root / "models")
     bundle = root / "models" / name
@@ -87,55 +213,35 @@ def zoo_verify(zoo_dir: str, zip: str | None = None, python: str | None = None, 
         raise FileNotFoundError(f"{zip} holds no {name}/configs/metadata.json.")
     test_file = root / "ci" / "unit_tests" / f"test_{name}.py"
     shutil.copyfile(UNIT_TEST, test_file)
-    add_exclusion(root / "ci" / "bundle_custom_data.py", name)
+    custom = root / "ci" / "bundle_custom_data.py"
+    add_exclusion(custom, name)
     print(f"bundle: {bundle}\n{EXCLUDE_LIST} in ci/bundle_custom_data.py: + {name!r}", flush=True)
+    if configs_only:
+        add_exclusion(custom, name, PREFERRED_FILES_LIST)
+        print(f"{PREFERRED_FILES_LIST} in ci/bundle_custom_data.py: + {name!r}", flush=True)
+    weights = weights_report(bundle, configs_only)
+    print(weights, flush=True)
 
-    results: list[tuple[str, int]] = []
-    code = sorted((bundle / "scripts").rglob("*.py")) + [test_file]
-    try:  # the zoo's runtests.sh --codeformat, with the checkout's settings
-        out = zoo_code_format(code, fix=False, style_dir=root)
-        print(f"--- code format: {len(code)} files (exit 0)\n{out}", flush=True)
-        results.append(("code format", 0))
-    except (ValueError, RuntimeError) as err:
-        print(f"--- code format (exit 1)\n{err}", flush=True)
-        results.append(("code format", 1))
-
+    results: list[tuple[str, int | None]] = []
     py = python or sys.executable
     env = dict(os.environ, ALLOW_MONAI_RC="true", PYTHONPATH=str(root))  # as the zoo's premerge scripts set them
-    req_proc = subprocess.run([py, "ci/get_bundle_requirements.py", "--b", name], cwd=str(root), capture_output=True,
-                              text=True, env=env)
-    req_file = root / req_proc.stdout.strip().splitlines()[-1] if req_proc.stdout.strip() else None
-    if req_proc.returncode != 0 or req_file is None or not req_file.is_file():
-        print(f"--- requirements (exit 1)\n{req_proc.stdout}{req_proc.stderr}", flush=True)
-        results.append(("requirements", 1))
-    else:
-        print(f"--- requirements: {req_file.name}\n{req_file.read_text()}", flush=True)
-        results.append(("requirements", 0))
-        if install:
-            _run("install", [py, "-m", "pip", "install", "--pre", "-r", str(req_file)], root, results, env)
+    if "code format" in jobs:
+        code = sorted((bundle / "scripts").rglob("*.py")) + [test_file]
+        try:  # the zoo's runtests.sh --codeformat, with the checkout's settings
+            out = zoo_code_format(code, fix=False, style_dir=root)
+            print(f"--- code format: {len(code)} files (exit 0)\n{out}", flush=True)
+            results.append(("code format", 0))
+        except (ValueError, RuntimeError) as err:
+            print(f"--- code format (exit 1)\n{err}", flush=True)
+            results.append(("code format", 1))
+    if "premerge-cpu" in jobs:
+        _premerge_cpu(root, bundle, name, py, install, env, results)
+    if "premerge-gpu" in jobs:
+        _premerge_gpu(root, name, py, install, env, results)
 
-    schema_url = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"]
-    schema = local_schema_path(schema_url)
-    if schema is None or _sha256(schema) != SCHEMA_SHA256.get(schema.name):
-        raise FileNotFoundError(f"No checked copy of {schema_url} in {RESOURCES}.")
-    (bundle / "eval").mkdir(exist_ok=True)
-    shutil.copyfile(schema, bundle / "eval" / "schema.json")
-
-    if not (bundle / "models" / "model.pt").is_file():
-        (bundle / "models").mkdir(exist_ok=True)
-        produce = ("import sys; sys.path[:0] = ['ci', sys.argv[1]]; from verify_bundle import _produce_fake_weights; "
-                   "_produce_fake_weights(sys.argv[2], sys.argv[3], sys.argv[4], 'cpu')")
-        _run("fake weights", [py, "-c", produce, str(bundle), str(bundle / "configs" / "inference.json"),
-                              str(bundle / "configs" / "metadata.json"), name], root, results, env)
-        if (root / "model.pt").is_file():  # the zoo writes it to the working directory
-            shutil.move(str(root / "model.pt"), bundle / "models" / "model.pt")
-
-    for mode in ("min", "full"):
-        _run(f"verify {mode}", [py, "ci/verify_bundle.py", "-b", name, "-m", mode], root, results, env)
-    _run("unit test", [py, "ci/unit_tests/runner.py", "--b", name], root, results, env)
-
-    print("\n".join(f"{'PASS' if rc == 0 else 'FAIL'}  {step}" for step, rc in results), flush=True)
-    return 0 if all(rc == 0 for _, rc in results) else 1
+    lines = [f"{'SKIP' if rc is None else 'PASS' if rc == 0 else 'FAIL'}  {step}" for step, rc in results]
+    print("\n".join(lines + [weights]), flush=True)
+    return 0 if all(rc in (0, None) for _, rc in results) else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .store import (
     PreprocessSummary,
     SliceStore,
     StoreError,
+    default_store_dir,
     describe_transform,
 )
 from ..utils import case_id_of
@@ -65,6 +66,7 @@ __all__ = [
     "read_datalist",
     "check_case",
     "check_datalist",
+    "default_store_dir",
     "demo_affine",
     "describe_transform",
     "make_demo_case",

@@ -371,17 +371,17 @@ def prepare_datalist(
     """Scan ``root`` in the official layout of ``dataset`` and write a datalist JSON; return its path.
 
     Args:
-        dataset: ``brats`` (BraTS 2018-2021, also HGG/LGG), ``fets`` (same layout), ``brats2023`` (BraTS
-            2023-2025 GLI/MEN/MET/PED/SSA: ``<case>-t1n.nii.gz``...), ``isles22``, ``amos`` or
-            ``folder`` (inference inputs: one folder per case or one 4D file per case, no labels).
+        dataset: ``brats`` (BraTS 2018-2021, also HGG/LGG), ``fets`` (the same layout), ``brats2023`` (BraTS
+            2023-2025 GLI, MEN, MET, PED and SSA, files named ``<case>-t1n.nii.gz`` and so on), ``isles22``,
+            ``amos`` or ``folder`` (inference inputs, one folder or one 4D file per case, no labels).
         root: the dataset root; the datalist paths are relative to it (use it as the bundle's ``dataset_dir``).
         output: datalist path (default ``<root>/datalist.json``).
-        val_fraction, seed: deterministic train/validation split (:func:`split_cases`); the validation cases are
-            also written as ``testing`` so inference and evaluation can run on them. ``folder`` writes every case
-            to ``testing`` only.
+        val_fraction: fraction of the cases in the validation list (a deterministic split, :func:`split_cases`);
+            the validation cases are also written as ``testing`` so inference and evaluation can run on them
+            (``folder`` writes every case to ``testing`` only).
+        seed: seed of the train/validation split.
         modalities: list or comma-separated string; defaults per dataset (BraTS ``t1,t1ce,t2,flair``, BraTS 2023
-            ``t1n,t1c,t2w,t2f``, ISLES
-            ``dwi,adc,flair``); ``amos`` takes ``ct`` or ``mri``; ``folder`` requires it.
+            ``t1n,t1c,t2w,t2f``, ISLES ``dwi,adc,flair``); ``amos`` takes ``ct`` or ``mri``; ``folder`` needs it.
         require_label: skip cases without a label (otherwise keep them without ``label``).
 
     Logs the number of cases, the split, and every skipped case with its reason.

@@ -64,6 +64,7 @@ __all__ = [
     "PreprocessSummary",
     "SliceStore",
     "StoreError",
+    "default_store_dir",
     "describe_transform",
 ]
 
@@ -344,7 +345,9 @@ class SliceStore:
                 raise StoreError(
                     f"No preprocessed store at {self.store_dir} (no {STORE_FILE}; config key `store_dir`). Run the "
                     f"preprocessing first: python -m monai.bundle run preprocess --config_file "
-                    f"\"['configs/train.json','configs/preprocess.json', <presets>]\" (or diffmed-monai preprocess)."
+                    f"\"['configs/train.json','configs/preprocess.json', <the presets of this run>]\" with the same "
+                    f"overrides (or diffmed-monai preprocess --presets ...): the default `store_dir` is named by "
+                    f"these settings, so preprocessing with other presets wrote another folder."
                 )
             self._refuse_foreign_folder()
             os.makedirs(self.store_dir, exist_ok=True)
@@ -537,8 +540,13 @@ class SliceStore:
                 except UnsafeNameError as err:
                     summary.failed.append((str(case.get("case_id") or case.get("image")), str(err)))
                     continue
-                if case_id in seen:
-                    summary.failed.append((case_id, f"case id {case_id} appears twice in the datalist"))
+                if case_id in seen:  # the same files in two lists (training and validation) are one case to store
+                    if _source_files(seen[case_id], base_dir) == _source_files(case, base_dir):
+                        summary.total -= 1
+                        logger.info("Case %s is listed twice with the same files: stored once", case_id)
+                    else:
+                        summary.failed.append((case_id, f"case id {case_id} appears twice in the datalist with other "
+                                                        "files (give one of them another `case_id`)"))
                     continue
                 seen[case_id] = case
                 sources = _source_files(case, base_dir)
@@ -777,3 +785,17 @@ def _commit(job: _Job, case_id: str, image: np.ndarray, label: np.ndarray, count
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return image_bytes + label_bytes + meta_bytes
+
+
+def default_store_dir(
+    store_root: str,
+    modalities: Sequence[str],
+    label_values: Sequence[int],
+    pixdim: Sequence[float],
+    transforms: Mapping[str, Sequence[Callable]],
+) -> str:
+    """``<store_root>/<first 16 hex digits of the settings digest>``: the folder of a :class:`SliceStore` with these
+    arguments (config key ``store_dir`` by default, under ``store_root``), so that configs with other settings
+    (another preset, ``pixdim``, modality list, transform) never share a folder. Nothing is created."""
+    digest = SliceStore(os.path.join(os.fspath(store_root), "_"), modalities, label_values, pixdim, transforms).digest
+    return os.path.join(os.fspath(store_root), digest[:16])

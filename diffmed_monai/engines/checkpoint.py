@@ -135,6 +135,65 @@ def _module_of(key: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
+def _teacher_widths() -> dict[str, int]:
+    """``teacher_arch`` -> token width, for every architecture the teacher knows."""
+    from ..networks.teacher import TEACHER_ARCHS, teacher_width
+
+    return {arch: teacher_width(arch) for arch in TEACHER_ARCHS}
+
+
+def _archs_of(width: int) -> str:
+    """`` (teacher_arch vits16 or vits16plus)`` for a teacher width, ``""`` if no architecture has it."""
+    try:
+        archs = [arch for arch, w in _teacher_widths().items() if w == width]
+    except Exception:  # timm's registry unavailable: the width alone
+        return ""
+    return f" (`teacher_arch` {' or '.join(archs)})" if archs else ""
+
+
+def _bundle_configs() -> Path | None:
+    """The bundle's ``configs/`` folder beside this code (the package's ``bundle/``, or a packed bundle's root)."""
+    here = Path(__file__).resolve()
+    for configs in (here.parents[1] / "bundle" / "configs", here.parents[2] / "configs"):
+        if (configs / "presets").is_dir() and (configs / "inference.json").is_file():
+            return configs
+    return None
+
+
+def _fitting_settings(saved: Mapping[str, Any]) -> str:
+    """What would build a network of the checkpoint's sizes: the ``teacher_arch`` of its projection width and the
+    presets of the bundle whose ``network_def#feature_size`` is the students' width (``""`` if nothing is known)."""
+    def shape(suffix: str) -> tuple:
+        key = next((k for k in saved if k.endswith(suffix)), None)
+        return tuple(getattr(saved[key], "shape", ())) if key is not None else ()
+
+    width, features = shape("projection.weight")[-1:], shape("shared_student.swin.patch_embed.proj.weight")[:1]
+    archs = []
+    if width:
+        with contextlib.suppress(Exception):
+            archs = [arch for arch, w in _teacher_widths().items() if w == width[0]]
+    presets, configs = [], _bundle_configs()
+    if features and configs is not None:
+        with contextlib.suppress(Exception):
+            base = json.loads((configs / "inference.json").read_text(encoding="utf-8"))
+            base_size, base_arch = base["network_def"]["feature_size"], base.get("teacher_arch")
+            found = []
+            for path in sorted((configs / "presets").glob("*.json")):
+                preset = json.loads(path.read_text(encoding="utf-8"))
+                if preset.get("network_def#feature_size", base_size) == features[0]:
+                    found.append((path.stem, preset.get("teacher_arch", base_arch)))
+            presets = [n for n, arch in found if arch in archs] or [n for n, _ in found]
+            if base_size == features[0] and len(presets) != 1:
+                presets = ["none (the default network)"] + presets
+    parts = []
+    if archs:
+        parts.append(f"`--teacher_arch {' or '.join(archs)}` (teacher width {width[0]})")
+    if presets:
+        parts.append(f"the preset {' or '.join(presets)} (configs/presets/<name>.json in `config_file`: students' "
+                     f"`feature_size` {features[0]})")
+    return "; it fits " + " with ".join(parts) if parts else ""
+
+
 def _describe_mismatch(name: str, saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     """One line per parameter shaped otherwise in ``saved`` than in ``expected`` (a ``state_dict``), then one line per
     module with parameters missing from, or only in, the checkpoint."""
@@ -143,13 +202,16 @@ def _describe_mismatch(name: str, saved: Mapping[str, Any], expected: Mapping[st
         got, want = tuple(getattr(saved[key], "shape", ())), tuple(getattr(expected[key], "shape", ()))
         if got == want:
             continue
-        if key.endswith("decoder.classifier.weight"):
+        if key.endswith("decoder.classifier.weight") and got[:1] != want[:1]:
             named.append(f"{name}.{key}: checkpoint has {got[0]} classes, the config {want[0]} (`label_values`)")
-        elif key.endswith("projection.weight"):
-            named.append(
-                f"{name}.{key}: checkpoint has {got[0]} modalities and teacher width {got[-1]}, the config "
-                f"{want[0]} and {want[-1]} (`modalities`, `teacher_arch`)"
-            )
+        elif key.endswith("projection.weight") and len(got) == len(want) == 3 and (got[0], got[-1]) != (
+            want[0], want[-1]
+        ):
+            if got[0] != want[0]:
+                named.append(f"{name}.{key}: checkpoint has {got[0]} modalities, the config {want[0]} (`modalities`)")
+            if got[-1] != want[-1]:
+                named.append(f"{name}.{key}: checkpoint has teacher width {got[-1]}{_archs_of(got[-1])}, the config "
+                             f"{want[-1]}{_archs_of(want[-1]) or ' (`teacher_arch`)'}")
         else:
             other.append(f"{name}.{key}: checkpoint {list(got)}, the config {list(want)}")
     lines = named + other
@@ -195,10 +257,13 @@ def check_checkpoint(path: str | os.PathLike, load_dict: Mapping[str, Any], key:
             lines += _describe_mismatch(name, checkpoint[name], module.state_dict())
     if lines:
         shown = lines[:12] + ([f"... and {len(lines) - 12} more"] if len(lines) > 12 else [])
+        states = [checkpoint[n] for n, obj in load_dict.items()
+                  if isinstance(obj, nn.Module) and isinstance(checkpoint.get(n), Mapping)]
+        hint = next((h for h in map(_fitting_settings, states) if h), "")
         raise CheckpointError(
             f"Checkpoint {path!r} (config key `{key}`) does not fit the network built from the config; use the "
-            "presets and keys it was trained with (`modalities`, `label_values`, `teacher_arch`, `network_def#...`):\n  "
-            + "\n  ".join(shown)
+            "presets and keys it was trained with (`modalities`, `label_values`, `teacher_arch`, `network_def#...`)"
+            f"{hint}. What differs:\n  " + "\n  ".join(shown)
         )
     return dict(checkpoint)
 
