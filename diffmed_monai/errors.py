@@ -4,7 +4,8 @@ A refusal of bad input (a checkpoint that does not fit, a missing file, a stale 
 is raised by this package as a ``ValueError``, an ``OSError`` or one of its own error classes, with a message that
 names the file and the config key. Under ``python -m monai.bundle run`` MONAI re-raises it wrapped in its own
 ``RuntimeError`` ("Failed to evaluate ..."), so Python prints two or three chained tracebacks (60-150 lines) with the
-message in the middle. :func:`install_excepthook` (run when the package is imported) prints such an error as
+message in the middle. :func:`install_excepthook` (the first step of every bundle config's ``initialize``: an
+explicit choice of the bundle's command, never a side effect of importing the package) prints such an error as
 ``<error class>: <message>`` alone, as the last lines; anything else (a bug: ``TypeError``, ``IndexError``...,
 or an error raised outside this package) keeps Python's full traceback, as does every error when the environment
 variable ``DIFFMED_TRACEBACK`` is set to ``1``.
