@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -151,12 +152,14 @@ def _archs_of(width: int) -> str:
     return f" (`teacher_arch` {' or '.join(archs)})" if archs else ""
 
 
-def _bundle_configs() -> Path | None:
-    """The bundle's ``configs/`` folder beside this code (the package's ``bundle/``, or a packed bundle's root)."""
+def _bundle_configs() -> tuple[Path, Path] | None:
+    """``(inference.json, presets folder)`` beside this code: the package's ``bundle/configs`` and ``configs/``
+    (links to the repository's), or a packed bundle's ``configs/`` and ``configs/presets/``."""
     here = Path(__file__).resolve()
-    for configs in (here.parents[1] / "bundle" / "configs", here.parents[2] / "configs"):
-        if (configs / "presets").is_dir() and (configs / "inference.json").is_file():
-            return configs
+    for configs, presets in ((here.parents[1] / "bundle" / "configs", here.parents[1] / "configs"),
+                             (here.parents[2] / "configs", here.parents[2] / "configs" / "presets")):
+        if presets.is_dir() and (configs / "inference.json").is_file():
+            return configs / "inference.json", presets
     return None
 
 
@@ -175,10 +178,10 @@ def _fitting_settings(saved: Mapping[str, Any]) -> str:
     presets, configs = [], _bundle_configs()
     if features and configs is not None:
         with contextlib.suppress(Exception):
-            base = json.loads((configs / "inference.json").read_text(encoding="utf-8"))
+            base = json.loads(configs[0].read_text(encoding="utf-8"))
             base_size, base_arch = base["network_def"]["feature_size"], base.get("teacher_arch")
             found = []
-            for path in sorted((configs / "presets").glob("*.json")):
+            for path in sorted(configs[1].glob("*.json")):
                 preset = json.loads(path.read_text(encoding="utf-8"))
                 if preset.get("network_def#feature_size", base_size) == features[0]:
                     found.append((path.stem, preset.get("teacher_arch", base_arch)))
@@ -189,7 +192,7 @@ def _fitting_settings(saved: Mapping[str, Any]) -> str:
     if archs:
         parts.append(f"`--teacher_arch {' or '.join(archs)}` (teacher width {width[0]})")
     if presets:
-        parts.append(f"the preset {' or '.join(presets)} (configs/presets/<name>.json in `config_file`: students' "
+        parts.append(f"the preset {' or '.join(presets)} (<name>.json of the presets in `config_file`: students' "
                      f"`feature_size` {features[0]})")
     return "; it fits " + " with ".join(parts) if parts else ""
 
