@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Make a DINOv3-layout ViT teacher that knows the (phantom) domain, offline, and save it where the bundle loads it.
 
-    python scripts/make_teacher.py --output_dir made_teacher                       # tiny arch, 16 pool cases, 2 mm
-    python scripts/make_teacher.py --output_dir made_teacher --arch vits16 --budget_s 1800 --pixdim 1 --roi_size 128
-    python -m monai.bundle run training --config_file "['bundle/configs/train.json','bundle/configs/presets/tiny.json']" \\
+    python scripts/make_teacher.py --output_dir made_teacher                   # tiny arch, 16 pool cases, 2 mm
+    python scripts/make_teacher.py --output_dir made_vits --arch vits16 --budget_s 1800 --pixdim 1 \\
+        --roi_size "[128,128]"
+    python -m monai.bundle run training \\
+        --config_file "['bundle/configs/train.json','bundle/configs/presets/tiny.json']" \\
         --teacher_arch tiny --teacher_random_init False --teacher_weights made_teacher/teacher_timm.pth ...
 
 No DINOv3 weights reach these machines, so this script trains the teacher itself, on a **pool** of hard phantoms
@@ -47,10 +49,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fire
-import numpy as np
 import torch
+import torch.nn.functional as nnf
 from torch import nn
-from torch.nn import functional as F
 
 from diffmed_monai.data.demo import DEMO_MODALITIES, make_demo_dataset
 from diffmed_monai.metrics.probe import load_probe_slices, token_fractions
@@ -190,7 +191,7 @@ def train_teacher(slices: torch.Tensor, fractions: torch.Tensor, arch: str = "ti
         tokens = _tokens(teacher, x.reshape(batch_size * m, h, w))  # (B*M, h*w, d)
         logits = head(tokens)  # (B*M, h*w, 3)
         target = y.flatten(2).transpose(1, 2).repeat_interleave(m, dim=0)  # (B*M, h*w, 3)
-        loss = F.binary_cross_entropy_with_logits(logits, target)
+        loss = nnf.binary_cross_entropy_with_logits(logits, target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

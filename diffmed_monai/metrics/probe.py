@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = [
     "PROBE_REGIONS",
@@ -61,7 +61,7 @@ def region_masks(label: torch.Tensor, label_values: Sequence[int]) -> torch.Tens
 
 def token_fractions(masks: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     """``(N, C, H, W)`` masks -> ``(N, C, H/patch, W/patch)`` fraction of each patch inside each mask."""
-    return F.avg_pool2d(masks.float(), kernel_size=patch, stride=patch)
+    return nnf.avg_pool2d(masks.float(), kernel_size=patch, stride=patch)
 
 
 def _case_transform(pixdim: Sequence[float]):
@@ -160,7 +160,7 @@ def fit_linear_probe(features: torch.Tensor, fractions: torch.Tensor, weight_dec
 
     def closure():
         optimiser.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(linear(xs), yd) + weight_decay * linear.weight.square().sum()
+        loss = nnf.binary_cross_entropy_with_logits(linear(xs), yd) + weight_decay * linear.weight.square().sum()
         loss.backward()
         return loss
 
@@ -242,7 +242,8 @@ def probe_teacher(
                          "to a Hugging Face DINOv3ViTModel folder or a timm/Meta checkpoint.")
     if datalist is None:
         if dataset_dir is None:
-            raise ValueError("Give `dataset_dir` (with datalist.json) or `datalist` (options --dataset_dir/--datalist).")
+            raise ValueError("Give `dataset_dir` (with datalist.json) or `datalist` "
+                             "(options --dataset_dir, --datalist).")
         datalist = os.path.join(dataset_dir, "datalist.json")
     if not os.path.isfile(datalist):
         raise FileNotFoundError(f"Datalist {datalist} does not exist (option --datalist / --dataset_dir).")
