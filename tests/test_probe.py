@@ -109,12 +109,15 @@ def test_probe_teacher_writes_the_table_and_refuses_to_overwrite(tiny_data, caps
 
 def test_probe_command_and_bundle_entry(tiny_data, tmp_path):
     root, datalist, weights = tiny_data
-    result = cli.probe_teacher(str(root / "data"), teacher_weights=str(weights), presets="tiny", num_cases=1,
-                               output=str(tmp_path / "cli.json"))
+    coarse = tmp_path / "coarse.json"  # a preset after tiny: the data's 4 mm and small slices keep the test quick
+    coarse.write_text(json.dumps({"pixdim": [4.0, 4.0, 4.0], "roi_size": [64, 64]}))
+    result = cli.probe_teacher(str(root / "data"), teacher_weights=str(weights), presets=["tiny", str(coarse)],
+                               num_cases=1, output=str(tmp_path / "cli.json"))
     assert set(result) == {"teacher", "random", "output"} and (tmp_path / "cli.json").is_file()
-    assert json.loads((tmp_path / "cli.json").read_text())["settings"]["roi_size"] == [96, 96]  # the tiny preset's
+    settings = json.loads((tmp_path / "cli.json").read_text())["settings"]
+    assert settings["roi_size"] == [64, 64] and settings["pixdim"] == [4.0, 4.0, 4.0]  # read from the presets
     wf = workflow([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "probe.json",
-                   BUNDLE / "configs" / "presets" / "tiny.json"], workflow_type=None, run_id="probe",
+                   BUNDLE / "configs" / "presets" / "tiny.json", coarse], workflow_type=None, run_id="probe",
                   bundle_root=str(tmp_path / "bundle_run"), dataset_dir=str(root / "data"), teacher_arch="tiny",
                   teacher_weights=str(weights), probe_cases=1)
     wf.initialize()

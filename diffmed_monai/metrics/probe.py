@@ -7,8 +7,9 @@ them into axial slices padded or cropped to ``roi_size``, runs the frozen teache
 linear map from each token's concatenated modality features ``(M * d)`` to the fractions of its 16 x 16 patch that
 belong to the BraTS regions ET, TC and WT (binary cross-entropy on the soft fractions). Held-out cases are then
 scored at token resolution: the fuzzy Dice between the probe's estimated and the true patch fractions, per region
-and case (:func:`probe_dice`), averaged over cases. The same probe on a randomly initialised teacher of the same architecture is the floor: a teacher whose
-probe does not beat its random twin knows nothing useful about these images.
+and case (:func:`probe_dice`), averaged over cases. The same probe on a randomly initialised teacher of the same
+architecture is the floor: a teacher whose probe does not beat its random twin knows nothing useful about these
+images.
 
 The helpers (:func:`region_masks`, :func:`token_fractions`, :func:`load_probe_slices`, :func:`teacher_features`)
 are also what ``scripts/make_teacher.py`` trains a teacher with, so the probe and the teacher's training target
@@ -189,8 +190,8 @@ def probe_dice(logits: torch.Tensor, fractions: torch.Tensor) -> dict[str, float
     tokens over a 2-5 mm enhancing rim, where a >= 50 % threshold would leave ET empty). A region absent from the
     case scores 1 if the probe predicts less than half a patch of it in total, else 0 (the BraTS empty-case rule).
     """
-    pred = torch.sigmoid(logits.double())
-    ref = fractions.double()
+    pred = torch.sigmoid(logits.detach().double())
+    ref = fractions.detach().double()
     scores = {}
     for i, region in enumerate(PROBE_REGIONS):
         p, r = pred[:, i], ref[:, i]
