@@ -20,7 +20,7 @@ from diffmed_monai.metrics.probe import (
 )
 from diffmed_monai.networks.teacher import DINOv3Teacher
 
-from .helpers import BUNDLE, workflow
+from .helpers import BUNDLE, PRESETS, workflow
 
 
 def test_region_masks_and_token_fractions():
@@ -117,7 +117,7 @@ def test_probe_command_and_bundle_entry(tiny_data, tmp_path):
     settings = json.loads((tmp_path / "cli.json").read_text())["settings"]
     assert settings["roi_size"] == [64, 64] and settings["pixdim"] == [4.0, 4.0, 4.0]  # read from the presets
     wf = workflow([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "probe.json",
-                   BUNDLE / "configs" / "presets" / "tiny.json", coarse], workflow_type=None, run_id="probe",
+                   PRESETS / "tiny.json", coarse], workflow_type=None, run_id="probe",
                   bundle_root=str(tmp_path / "bundle_run"), dataset_dir=str(root / "data"), teacher_arch="tiny",
                   teacher_weights=str(weights), probe_cases=1)
     wf.initialize()
