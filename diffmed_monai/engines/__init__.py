@@ -12,7 +12,7 @@ from .checkpoint import (
     write_atomic,
 )
 from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
-from .progress import ProgressPlot
+from .progress import KDAgreement, ProgressPlot
 from .trainer import (
     DiffMedTrainer,
     DistillationBatch,
@@ -31,6 +31,7 @@ __all__ = [
     "DistillationBatch",
     "DistillationInferer",
     "ModalityMaskBatch",
+    "KDAgreement",
     "ProgressPlot",
     "ResumableCheckpoint",
     "autocast_on_cpu",
