@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .data import make_demo_data, prepare_datalist
 
-__all__ = ["BUNDLE_DIR", "demo", "main", "preprocess"]
+__all__ = ["BUNDLE_DIR", "demo", "main", "preprocess", "probe_teacher"]
 
 #: the MONAI bundle shipped with the package (in a clone, a link to the repository's ``bundle/``)
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
@@ -157,13 +157,47 @@ def demo(workdir: str = "demo_run", num_cases: int = 8, epochs: int = 20, bundle
     return result
 
 
+def probe_teacher(dataset_dir: str | None = None, teacher_weights: str | None = None, teacher_arch: str = "tiny",
+                  datalist: str | None = None, presets: Sequence[str] | str = (), output: str | None = None,
+                  num_cases: int = 4, teacher_backend: str = "auto", overwrite: bool = False,
+                  bundle_dir: str | None = None) -> dict:
+    """Does a teacher know anything about these images? A linear probe of its frozen tokens against a random twin.
+
+    Fits a linear map from the teacher's patch tokens (all modalities) to the ET/TC/WT fractions of each 16 x 16
+    patch on ``num_cases`` labelled ``training`` cases of the datalist (``<dataset_dir>/datalist.json`` unless
+    ``--datalist``), scores Dice per region at token resolution on ``num_cases`` ``validation`` cases, and does the
+    same with a randomly initialised teacher of ``teacher_arch``; prints the table and writes the JSON to ``output``
+    (default ``probe.json``; never over an existing file unless ``--overwrite``). The slices are prepared with the
+    ``pixdim``, ``roi_size`` and ``label_values`` of ``train.json`` + ``presets`` (names or paths), as training
+    would give them to the teacher (:mod:`diffmed_monai.metrics.probe`; the bundle entry is ``configs/probe.json``).
+
+    Example: ``diffmed-monai probe-teacher --dataset_dir hard_data --teacher_weights made_teacher/teacher_timm.pth
+    --teacher_arch tiny --presets tiny``. Returns the mean Dice per region of both teachers and the output path.
+    """
+    from monai.bundle import ConfigParser
+
+    from .metrics.probe import probe_teacher as run_probe
+
+    bundle = _bundle(bundle_dir)
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in _config_files(bundle, ["train"], presets)])
+    output = output or "probe.json"
+    report = run_probe(
+        dataset_dir=dataset_dir, datalist=datalist, teacher_arch=teacher_arch, teacher_weights=teacher_weights,
+        teacher_backend=teacher_backend, pixdim=parser.get_parsed_content("pixdim"),
+        roi_size=parser.get_parsed_content("roi_size"), label_values=parser.get_parsed_content("label_values"),
+        num_fit=num_cases, num_eval=num_cases, output=output, overwrite=overwrite,
+    )
+    return {"teacher": report["teacher"]["mean"], "random": report["random"]["mean"], "output": output}
+
+
 def main() -> None:
     """Entry point of the ``diffmed-monai`` console script."""
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     fire.Fire({"demo": demo, "make-demo-data": make_demo_data, "prepare-datalist": prepare_datalist,
-               "preprocess": preprocess})
+               "preprocess": preprocess, "probe-teacher": probe_teacher})
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ bundle's ``inference.json`` (inverse resampling to the input grid), and the labe
 grid per case and region (ET, TC, WT): Dice, HD95 in mm (BraTS empty-case rule) and the number of false-positive
 connected components (26-connected predicted components that touch no reference voxel of the region).
 
-Without ``--dataset_dir`` it generates ``--num_cases`` BraTS-2021-layout phantoms of 240 x 240 x 155 voxels at 1 mm
-with thin enhancing rims (``--rim_mm``), skull-stripped as BraTS images are (zero outside the intracranial space;
-``--skull_stripped False`` keeps scalp and skull), the last ``--num_test`` held out. With
+Without ``--dataset_dir`` it generates ``--num_cases`` BraTS-2021-layout phantoms of 240 x 240 x 155 voxels at 1 mm,
+by default the hard ones (``--difficulty hard``: textured, partly non-enhancing, multifocal lesions, oedema fading
+into the background, T1c look-alikes, thick T2/FLAIR slices, misregistration, docs/distillation.md; ``--difficulty
+easy``: the earlier phantoms with thin enhancing rims, ``--rim_mm``), skull-stripped as BraTS images are (zero
+outside the intracranial space; ``--skull_stripped False`` keeps scalp and skull), the last ``--num_test`` held out. With
 ``--dataset_dir`` the datalist's ``training`` cases train and its ``--test_key`` cases (with labels) are scored.
 There are no DINOv3 weights offline: ``--teacher tiny`` (default) distils from a tiny RANDOMLY INITIALISED teacher,
 so this measures the students, denoisers, decoder and recipe, not distillation; ``--teacher vits16 --teacher_weights
@@ -204,10 +206,10 @@ def score_case(pred_path: str, label_path: str, label_values: Sequence[int]) -> 
 
 
 def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm, skull_stripped: bool,
-                   seed: int) -> Path:
+                   seed: int, difficulty: str = "hard") -> Path:
     """Generate (or reuse, when made with the same settings) the phantoms and their datalist."""
     settings = {"num_cases": num_cases, "num_test": num_test, "shape": list(shape), "rim_mm": list(rim_mm),
-                "skull_stripped": bool(skull_stripped), "seed": seed}
+                "skull_stripped": bool(skull_stripped), "seed": seed, "difficulty": difficulty}
     marker = data_dir / "phantoms.json"
     datalist = data_dir / "datalist.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings and datalist.is_file():
@@ -215,7 +217,7 @@ def _make_phantoms(data_dir: Path, num_cases: int, num_test: int, shape, rim_mm,
         return datalist
     logger.info("Generating %d phantoms of %s voxels at 1 mm in %s", num_cases, list(shape), data_dir)
     make_demo_dataset(str(data_dir), num_cases=num_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=seed,
-                      overwrite=True, rim_mm=rim_mm, skull_stripped=skull_stripped)
+                      overwrite=True, rim_mm=rim_mm, skull_stripped=skull_stripped, difficulty=difficulty)
     datalist.unlink(missing_ok=True)
     path = prepare_datalist("brats", str(data_dir), output=str(datalist), val_fraction=num_test / num_cases, seed=seed)
     marker.write_text(json.dumps(settings))
@@ -254,6 +256,7 @@ def main(
     shape: Sequence[int] = (240, 240, 155),
     rim_mm: Sequence[float] = (2.0, 5.0),
     skull_stripped: bool = True,
+    difficulty: str = "hard",
     slices_per_volume: int = 32,
     teacher: str = "tiny",
     teacher_weights: str | None = None,
@@ -266,6 +269,8 @@ def main(
 ) -> dict:
     """Train every model in ``models`` for ``budget_s`` CPU seconds, segment the held-out cases, score them.
 
+    ``difficulty``: the generated phantoms, ``"hard"`` (default; docs/distillation.md) or ``"easy"`` (the phantoms of
+    the first quality table, where every model that trains scores about 0.99).
     ``overrides``: extra config overrides for DiffMed only (e.g. ``"{'network_def#decoder_dim': 64}"``) to compare
     variants. Returns the results dict also written to ``<workdir>/quality.json``.
     """
@@ -280,7 +285,8 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     if dataset_dir is None:
         data_dir = work / "data"
-        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, skull_stripped, seed)
+        datalist_path = _make_phantoms(data_dir, int(num_cases), int(num_test), shape, rim_mm, skull_stripped, seed,
+                                       difficulty)
         label_values = (0, 1, 2, 4)
     else:
         data_dir = Path(dataset_dir).resolve()
@@ -303,6 +309,7 @@ def main(
         key = {
             "configs": config_digest,
             "budget_s": budget_s, "threads": threads, "presets": presets, "teacher": teacher, "data": str(data_dir),
+            "difficulty": difficulty if dataset_dir is None else None,
             "test_cases": [case_id_of(c) for c in test_cases], "slices_per_volume": slices_per_volume, "seed": seed,
             "model_options": overrides or {} if model == "diffmed" else
             [swinunetr_feature_size] if model == "swinunetr2d" else [segresnet_init_filters, list(patch_3d)],
@@ -366,7 +373,8 @@ def main(
         "budget_s": budget_s, "threads": threads, "presets": presets, "models": models, "teacher": teacher,
         "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
                    f"CPU ({os.cpu_count()} logical cores visible)") + f", torch {torch.__version__}",
-        "data": str(data_dir), "test_cases": [case_id_of(c) for c in test_cases], "overrides": overrides or {},
+        "data": str(data_dir), "difficulty": difficulty if dataset_dir is None else None,
+        "test_cases": [case_id_of(c) for c in test_cases], "overrides": overrides or {},
         "slices_per_volume": slices_per_volume, "command": " ".join(sys.argv),
     }
     report = {"settings": settings, "results": results}
