@@ -51,6 +51,7 @@ import torch
 
 from diffmed_monai.cli import BUNDLE_DIR
 from diffmed_monai.data import make_demo_dataset, scan_brats, write_datalist
+from diffmed_monai.data.demo import DEMO_MODALITIES as DEMO_MODALITIES_ORDER
 from diffmed_monai.data.store import case_id_of
 from diffmed_monai.transforms.io import output_path_for
 
@@ -309,5 +310,161 @@ def main(
     return report
 
 
+# ------------------------------------------------------------------------------------------------ KD path diagnosis
+def _seg_labels(regions: torch.Tensor) -> torch.Tensor:
+    """``(S, 3, H, W)`` ET/TC/WT masks -> ``(S, 1, H, W)`` classes 0 bg, 1 necrosis, 2 oedema, 3 enhancing."""
+    et, tc, wt = regions[:, 0].bool(), regions[:, 1].bool(), regions[:, 2].bool()
+    label = torch.zeros_like(et, dtype=torch.long)
+    label[wt] = 2
+    label[tc] = 1
+    label[et] = 3
+    return label[:, None]
+
+
+def _group_grad_norms(value: torch.Tensor, net: torch.nn.Module) -> dict[str, float]:
+    groups = {
+        "students": [p for n, p in net.named_parameters() if "student" in n],
+        "fusion+projection": [p for n, p in net.named_parameters() if n.startswith(("fusion", "projection"))],
+        "denoisers": [p for n, p in net.named_parameters() if n.startswith("denoisers")],
+        "decoder": [p for n, p in net.named_parameters() if n.startswith("decoder")],
+    }
+    out = {}
+    for name, params in groups.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        out[name] = round(sum(float(g.pow(2).sum()) for g in grads if g is not None) ** 0.5, 4)
+    return out
+
+
+def _ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_eval: torch.Tensor, y_eval: torch.Tensor) -> float:
+    """R^2 on held-out tokens of a ridge map ``x -> y`` (rows are tokens), fitted on the fit tokens."""
+    mean, std = x_fit.mean(0), x_fit.std(0).clamp_min(1e-6)
+    a = torch.cat([(x_fit - mean) / std, torch.ones(len(x_fit), 1)], 1).double()
+    b = torch.cat([(x_eval - mean) / std, torch.ones(len(x_eval), 1)], 1).double()
+    w = torch.linalg.solve(a.T @ a + 1.0 * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y_fit.double())
+    residual = ((b @ w - y_eval.double()) ** 2).sum()
+    return float(1 - residual / ((y_eval.double() - y_eval.double().mean(0)) ** 2).sum())
+
+
+def diagnose(
+    workdir: str = "ablation_run",
+    teacher_weights: str | None = None,
+    teacher_arch: str = "tiny",
+    steps: int = 150,
+    batch_size: int = 4,
+    learning_rate: float = 2e-3,
+    modes: Sequence[str] = ("seg_only", "diffusion", "diffusion_feature", "regression"),
+    spacing: float = 2.0,
+    roi_size: Sequence[int] = (96, 96),
+    slice_step: int = 2,
+    threads: int = 1,
+    seed: int = 0,
+    labelled_pool: int = 8,
+    num_unlabelled: int = 16,
+    num_test: int = 6,
+) -> dict:
+    """Measurements behind docs/distillation.md, "Diagnosis of the KD path", on the ablation's hard phantoms.
+
+    ``python scripts/distillation_ablation.py diagnose --workdir ablation_run`` (after a run made the data and
+    teacher there). The tiny-preset network is trained ``steps`` steps on the labelled pool's slices with Dice-CE +
+    each KD mode, then measured on the held-out cases' slices: (1) gradient norms of each loss part per parameter
+    group, at initialisation and after training; (2) the norm of the KD gradient reaching u0 through the noisy path
+    per timestep; (3) agreement with the standardised teacher tokens Z: mean cosine of u0 and of D(u0, seg_timestep)
+    with Z, and the held-out R^2 of a ridge map from the fused student features (before the projection) to Z, i.e.
+    how much of the teacher's information the students themselves carry. Writes ``<workdir>/diagnosis.json``.
+    """
+    from diffmed_monai.losses import DiffMedLoss
+    from diffmed_monai.metrics.probe import load_probe_slices
+    from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(int(threads))
+    work = Path(workdir).resolve()
+    split = make_data(work / "data", int(labelled_pool), int(num_unlabelled), int(num_test), spacing, 0)
+    weights = teacher_weights or str(work / "teacher" / "teacher_timm.pth")
+    teacher = DINOv3Teacher(weights, arch=teacher_arch)
+    common = {"pixdim": (float(spacing),) * 3, "roi_size": roi_size, "slice_step": int(slice_step)}
+    fit = load_probe_slices(split["labelled"], str(work / "data"), **common)
+    held = load_probe_slices(split["test"], str(work / "data"), **common)
+    x_fit, y_fit = torch.cat([s for s, _ in fit]), _seg_labels(torch.cat([r for _, r in fit]))
+    x_eval = torch.cat([s for s, _ in held])
+    z_fit, z_eval = teacher(x_fit), teacher(x_eval)
+    preset = json.loads((BUNDLE_DIR / "configs" / "presets" / "tiny.json").read_text())
+    net_kwargs = {k.split("#", 1)[1]: v for k, v in preset.items() if k.startswith("network_def#")}
+    report: dict = {"settings": {"teacher": weights, "steps": steps, "batch_size": batch_size, "lr": learning_rate,
+                                 "fit_slices": len(x_fit), "eval_slices": len(x_eval), "seed": seed}}
+
+    def fused(net, x):
+        b, m, h, w = x.shape
+        _, _, a16 = net.shared_student(x.reshape(b * m, 1, h, w))
+        h16 = torch.stack([s(x[:, i:i + 1])[2] for i, s in enumerate(net.specific_students)], 1).flatten(0, 1)
+        f = net.fusion(a16, h16)  # (B*M, C, h, w)
+        return f.unflatten(0, (b, m))  # (B, M, C, h, w)
+
+    def tokens_rows(t, modality):  # (B, M, C, h, w) -> (B*h*w, C) of one modality
+        return t[:, modality].permute(0, 2, 3, 1).reshape(-1, t.shape[2])
+
+    for mode in modes:
+        torch.manual_seed(seed)
+        net = DiffMedDINOv3(modalities=list(DEMO_MODALITIES_ORDER), num_classes=4, teacher_dim=z_fit.shape[2],
+                            **net_kwargs)
+        kd_mode = "regression" if mode == "regression" else "diffusion"
+        loss = DiffMedLoss(4, z_fit.shape[2], lambda_kd=0.0 if mode == "seg_only" else 1.0, kd_mode=kd_mode,
+                           lambda_feature=1.0 if mode == "diffusion_feature" else 0.0)
+        optim = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+        generator = torch.Generator().manual_seed(seed)
+        entry: dict = {}
+        for step in range(int(steps) + 1):
+            idx = torch.randint(len(x_fit), (batch_size,), generator=generator)
+            out = net(x_fit[idx], return_training_outputs=True)
+            parts = loss(out, y_fit[idx], z_fit[idx])
+            if step in (0, int(steps)) and mode == "diffusion_feature":
+                target = loss.kd.standardize(z_fit[idx])
+                entry[f"grad_norms_step{step}"] = {
+                    "seg": _group_grad_norms(parts["loss_seg"], net),
+                    "kd_noisy (D(u_t,t), half)": _group_grad_norms(
+                        loss.kd.distance(out["denoised_noisy"], target)["kd"] / 2, net),
+                    "kd_decoder_path (D(u0,t_seg), half)": _group_grad_norms(
+                        loss.kd.distance(out["denoised"], target)["kd"] / 2, net),
+                    "feature term (u0)": _group_grad_norms(loss.kd.distance(out["u0"], target)["kd"], net),
+                }
+            if step == int(steps):
+                break
+            optim.zero_grad()
+            parts["loss"].backward()
+            optim.step()
+        net.eval()
+        loss.eval()
+        with torch.no_grad():
+            out = net(x_eval, return_training_outputs=True)
+            target = loss.kd.standardize(z_eval)
+            entry["cos_u0"] = float(torch.nn.functional.cosine_similarity(out["u0"], target, dim=2).mean())
+            entry["cos_denoised"] = float(torch.nn.functional.cosine_similarity(out["denoised"], target, dim=2).mean())
+            f_fit = torch.cat([fused(net, x_fit[i:i + 16]) for i in range(0, len(x_fit), 16)])
+            f_eval = torch.cat([fused(net, x_eval[i:i + 16]) for i in range(0, len(x_eval), 16)])
+            t_fit = loss.kd.standardize(z_fit)
+            entry["ridge_r2_fused_to_teacher"] = float(np.mean([
+                _ridge_r2(tokens_rows(f_fit, m), tokens_rows(t_fit, m), tokens_rows(f_eval, m), tokens_rows(target, m))
+                for m in range(4)]))
+        if mode in ("diffusion", "diffusion_feature"):
+            u0 = net.encode(x_eval[:16])[0].detach().requires_grad_(True)
+            noise = torch.randn_like(u0)
+            target = loss.kd.standardize(z_eval[:16])
+            entry["grad_u0_by_t"] = {}
+            for t in (1, 50, 100, 200, 400, 700, 999):
+                ts = torch.full((u0.shape[0],), t)
+                value = loss.kd.distance(net.denoise(net.scheduler.add_noise(u0, noise, ts), ts), target)["kd"]
+                (grad,) = torch.autograd.grad(value, u0)
+                entry["grad_u0_by_t"][t] = {"kd": round(float(value), 4), "grad_norm": round(float(grad.norm()), 5),
+                                            "sqrt_alpha_bar": round(float(net.sqrt_alpha_bar[t]), 4)}
+        report[mode] = entry
+        logger.info("[diagnose %s] %s", mode, {k: v for k, v in entry.items() if not k.startswith("grad")})
+    (work / "diagnosis.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2), flush=True)
+    return report
+
+
 if __name__ == "__main__":
-    fire.Fire(main, serialize=lambda report: None)  # the table is printed; the report is in ablation.json
+    if len(sys.argv) > 1 and sys.argv[1] == "diagnose":
+        fire.Fire(diagnose, command=sys.argv[2:], serialize=lambda report: None)
+    else:
+        fire.Fire(main, serialize=lambda report: None)  # the table is printed; the report is in ablation.json
