@@ -173,3 +173,31 @@ def test_agreement_is_the_mean_cosine_per_present_modality_and_resets():
     regression.eval()
     regression(outputs, label, teacher)
     assert regression.agreement() == {}  # evaluation calls are not training signal
+
+
+def test_agreement_reaches_the_validator_metrics_and_the_progress_plot(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from diffmed_monai.engines import KDAgreement, ProgressPlot
+
+    loss = DiffMedLoss(2, 8, modalities=["t1", "flair"])
+    teacher = torch.randn(2, 2, 8, 2, 2)
+    outputs = {"pred": torch.randn(2, 3, 8, 8), "u0": torch.randn(2, 2, 8, 2, 2), "denoised_noisy": teacher}
+    label = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+
+    def step(engine, batch):
+        target = loss.kd.standardize(teacher) if engine.state.epoch > 1 else -loss.kd.standardize(teacher)
+        loss.kd.eval()
+        parts = loss({**outputs, "denoised": target}, label, teacher)  # cosine -1 in epoch 1, +1 after
+        loss.kd.train()
+        return {"loss": parts["loss"].detach()}
+
+    trainer, validator = Engine(step), Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
+    KDAgreement(loss, validator).attach(trainer)
+    plot = ProgressPlot(str(tmp_path / "progress.png"), validator)
+    plot.attach(trainer)
+    trainer.run([0, 1], max_epochs=2)
+    assert validator.state.metrics["kd_cosine_t1"] == pytest.approx(1.0)
+    assert plot.agreement["flair"] == [(1, pytest.approx(-1.0)), (2, pytest.approx(1.0))]
+    assert (tmp_path / "progress.png").read_bytes().startswith(b"\x89PNG")
