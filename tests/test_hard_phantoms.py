@@ -2,6 +2,7 @@
 are unchanged, the output is deterministic per seed, and the dataset/CLI plumbing writes them."""
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -169,3 +170,16 @@ def test_make_demo_data_writes_hard_cases_in_the_brats2021_layout(tmp_path):
     np.testing.assert_array_equal(np.asarray(flair.dataobj), direct["flair"])
     with pytest.raises(ValueError, match="difficulty"):
         make_demo_dataset(str(tmp_path / "x"), num_cases=1, shape=(32, 32, 24), difficulty="extreme")
+
+
+def test_cli_make_demo_data_difficulty_hard(tmp_path, monkeypatch):
+    from diffmed_monai import cli
+
+    out = tmp_path / "cli"
+    monkeypatch.setattr(sys, "argv", ["diffmed-monai", "make-demo-data", "--output_dir", str(out), "--num_cases", "2",
+                                      "--shape", "[40,40,28]", "--difficulty", "hard", "--val_fraction", "0.5"])
+    cli.main()
+    seg = nib.load(str(out / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"))
+    direct = make_demo_case((40, 40, 28), seed=1, spacing=(1, 1, 1), difficulty="hard", skull_stripped=True)[1]
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), direct)
+    assert (out / "datalist.json").is_file()

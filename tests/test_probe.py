@@ -41,11 +41,18 @@ def test_region_masks_and_token_fractions():
 def test_probe_dice_rules():
     fractions = torch.zeros(1, 3, 2, 2)
     fractions[0, 2, 0, 0] = 1.0
-    logits = torch.full((1, 3, 2, 2), -5.0)
+    fractions[0, 2, 0, 1] = 0.25  # a patch a quarter inside (a thin rim)
+    logits = torch.full((1, 3, 2, 2), -8.0)
     scores = probe_dice(logits, fractions)
-    assert scores == {"et": 1.0, "tc": 1.0, "wt": 0.0}  # both empty: 1; reference only: 0
-    logits[0, 2, 0, 0] = logits[0, 2, 1, 1] = 5.0
-    assert probe_dice(logits, fractions)["wt"] == pytest.approx(2 / 3)
+    assert scores["et"] == scores["tc"] == 1.0  # absent and (almost) not predicted: 1
+    assert scores["wt"] < 0.01  # present, not predicted
+    exact = torch.logit(fractions.clamp(1e-9, 1 - 1e-9).double())
+    assert probe_dice(exact, fractions)["wt"] == pytest.approx(1.0, abs=1e-6)  # the fractions themselves: 1
+    logits[0, 0] = 3.0  # ET predicted everywhere, absent in the case: 0
+    assert probe_dice(logits, fractions)["et"] == 0.0
+    half = torch.full((1, 3, 2, 2), -30.0)
+    half[0, 2, 0, 0] = 0.0  # p = 0.5 where r = 1, nothing where r = 0.25
+    assert probe_dice(half, fractions)["wt"] == pytest.approx(2 * 0.5 / (0.5 + 1.25), abs=1e-6)
 
 
 def test_linear_probe_separates_informative_from_random_features():
@@ -102,12 +109,15 @@ def test_probe_teacher_writes_the_table_and_refuses_to_overwrite(tiny_data, caps
 
 def test_probe_command_and_bundle_entry(tiny_data, tmp_path):
     root, datalist, weights = tiny_data
-    result = cli.probe_teacher(str(root / "data"), teacher_weights=str(weights), presets="tiny", num_cases=1,
-                               output=str(tmp_path / "cli.json"))
+    coarse = tmp_path / "coarse.json"  # a preset after tiny: the data's 4 mm and small slices keep the test quick
+    coarse.write_text(json.dumps({"pixdim": [4.0, 4.0, 4.0], "roi_size": [64, 64]}))
+    result = cli.probe_teacher(str(root / "data"), teacher_weights=str(weights), presets=["tiny", str(coarse)],
+                               num_cases=1, output=str(tmp_path / "cli.json"))
     assert set(result) == {"teacher", "random", "output"} and (tmp_path / "cli.json").is_file()
-    assert json.loads((tmp_path / "cli.json").read_text())["settings"]["roi_size"] == [96, 96]  # the tiny preset's
+    settings = json.loads((tmp_path / "cli.json").read_text())["settings"]
+    assert settings["roi_size"] == [64, 64] and settings["pixdim"] == [4.0, 4.0, 4.0]  # read from the presets
     wf = workflow([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "probe.json",
-                   BUNDLE / "configs" / "presets" / "tiny.json"], workflow_type=None, run_id="probe",
+                   BUNDLE / "configs" / "presets" / "tiny.json", coarse], workflow_type=None, run_id="probe",
                   bundle_root=str(tmp_path / "bundle_run"), dataset_dir=str(root / "data"), teacher_arch="tiny",
                   teacher_weights=str(weights), probe_cases=1)
     wf.initialize()

@@ -6,10 +6,10 @@ bundle's store does (RAS, ``pixdim``, brain crop on the network grid, z-score ov
 them into axial slices padded or cropped to ``roi_size``, runs the frozen teacher over every modality, and fits one
 linear map from each token's concatenated modality features ``(M * d)`` to the fractions of its 16 x 16 patch that
 belong to the BraTS regions ET, TC and WT (binary cross-entropy on the soft fractions). Held-out cases are then
-scored at token resolution: a token is predicted in a region when the probe's sigmoid is >= 0.5 and counts as in the
-region when half or more of its patch is; Dice per region and case (both empty: 1, BraTS rule), averaged over
-cases. The same probe on a randomly initialised teacher of the same architecture is the floor: a teacher whose
-probe does not beat its random twin knows nothing useful about these images.
+scored at token resolution: the fuzzy Dice between the probe's estimated and the true patch fractions, per region
+and case (:func:`probe_dice`), averaged over cases. The same probe on a randomly initialised teacher of the same
+architecture is the floor: a teacher whose probe does not beat its random twin knows nothing useful about these
+images.
 
 The helpers (:func:`region_masks`, :func:`token_fractions`, :func:`load_probe_slices`, :func:`teacher_features`)
 are also what ``scripts/make_teacher.py`` trains a teacher with, so the probe and the teacher's training target
@@ -182,17 +182,23 @@ class _Probe(nn.Module):
 
 
 def probe_dice(logits: torch.Tensor, fractions: torch.Tensor) -> dict[str, float]:
-    """Dice per region of one case at token resolution: prediction sigmoid >= 0.5, reference fraction >= 0.5.
+    """Dice per region of one case at token resolution, on the patch fractions (thin rims stay visible).
 
-    ``logits``, ``fractions``: ``(S, 3, h, w)``. Both empty: 1 (BraTS rule); one empty: 0.
+    ``logits``, ``fractions``: ``(S, 3, h, w)``. The probe's sigmoid ``p`` is its estimate of each patch's region
+    fraction ``r``; the score is the fuzzy Dice ``2 * sum(min(p, r)) / (sum(p) + sum(r))``, the Dice of the region
+    areas patch by patch (1 for a perfect estimate, also where every patch is only partly inside, as at 16-pixel
+    tokens over a 2-5 mm enhancing rim, where a >= 50 % threshold would leave ET empty). A region absent from the
+    case scores 1 if the probe predicts less than half a patch of it in total, else 0 (the BraTS empty-case rule).
     """
-    pred = torch.sigmoid(logits) >= 0.5
-    ref = fractions >= 0.5
+    pred = torch.sigmoid(logits.detach().double())
+    ref = fractions.detach().double()
     scores = {}
     for i, region in enumerate(PROBE_REGIONS):
         p, r = pred[:, i], ref[:, i]
-        total = int(p.sum() + r.sum())
-        scores[region] = 1.0 if total == 0 else float(2 * (p & r).sum()) / total
+        if float(r.sum()) == 0.0:
+            scores[region] = 1.0 if float(p.sum()) < 0.5 else 0.0
+        else:
+            scores[region] = float(2 * torch.minimum(p, r).sum() / (p.sum() + r.sum()))
     return scores
 
 
