@@ -13,9 +13,9 @@ from .helpers import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 import distillation_ablation  # noqa: E402
 
-ARGS = dict(labelled=[1], num_unlabelled=1, num_test=1, seeds=[0], budget_s=2.0, teacher_steps=2,
-            teacher_pool_cases=1, slices_per_volume=2,
-            variants=["no_kd", "reg_made_unl", "diff_made_unl", "swinunetr2d"])
+ARGS = {"labelled": [1], "num_unlabelled": 1, "num_test": 1, "seeds": [0], "budget_s": 2.0, "teacher_steps": 2,
+        "teacher_pool_cases": 1, "slices_per_volume": 2,
+        "variants": ["no_kd", "reg_made_unl", "diff_made_unl", "swinunetr2d"]}
 
 
 @pytest.mark.slow
