@@ -5,7 +5,7 @@
     python scripts/make_teacher.py --output_dir made_vits --arch vits16 --budget_s 1800 --pixdim 1 \\
         --roi_size "[128,128]"
     python -m monai.bundle run training \\
-        --config_file "['bundle/configs/train.json','bundle/configs/presets/tiny.json']" \\
+        --config_file "['bundle/configs/train.json','configs/tiny.json']" \\
         --teacher_arch tiny --teacher_random_init False --teacher_weights made_teacher/teacher_timm.pth ...
 
 No DINOv3 weights reach these machines, so this script trains the teacher itself, on a **pool** of hard phantoms

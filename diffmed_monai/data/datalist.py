@@ -26,6 +26,7 @@ __all__ = [
     "BRATS_MODALITIES",
     "DATASET_MODALITIES",
     "ISLES22_MODALITIES",
+    "load_unlabelled_datalist",
     "scan_amos",
     "scan_brats",
     "scan_folder",
@@ -341,13 +342,26 @@ def datalist_entries(path: str, list_key: str, key: str = "datalist") -> list[di
     return content[list_key]
 
 
-def write_datalist(path: str, train: Sequence[dict], val: Sequence[dict], test: Sequence[dict] | None = None) -> str:
+def write_datalist(
+    path: str,
+    train: Sequence[dict],
+    val: Sequence[dict],
+    test: Sequence[dict] | None = None,
+    unlabelled: Sequence[dict] | None = None,
+) -> str:
     """Write ``{"training": [...], "validation": [...], "testing": [...]}`` as JSON (4-space indent); return ``path``.
 
     Paths stay as given (relative to the dataset root from the scanners): load with
-    ``load_decathlon_datalist(path, data_list_key="training", base_dir=<dataset root>)``.
+    ``load_decathlon_datalist(path, data_list_key="training", base_dir=<dataset root>)``. ``unlabelled``: cases
+    without ``label`` for distillation only, written as an ``"unlabelled"`` list (read by
+    :func:`load_unlabelled_datalist`); a ``label`` in them is refused.
     """
     content = {"training": list(train), "validation": list(val), "testing": list(test or [])}
+    if unlabelled:
+        labelled = [c for c in unlabelled if isinstance(c, dict) and c.get("label")]
+        if labelled:
+            raise ValueError(f"Datalist 'unlabelled' entries must have no 'label', got {labelled[0]!r}.")
+        content["unlabelled"] = [{k: v for k, v in c.items() if k != "unlabelled"} for c in unlabelled]
     for key, items in content.items():
         bad = [c for c in items if not isinstance(c, dict) or "image" not in c]
         if bad:
@@ -425,3 +439,33 @@ def prepare_datalist(
         dataset, len(cases), list(mods), split, len(skipped), path, root,
     )
     return path
+
+
+def load_unlabelled_datalist(
+    datalist: str, base_dir: str | None = None, enabled: bool = True, key: str = "unlabelled"
+) -> list[dict]:
+    """The datalist's unlabelled cases (config key ``train#unlabelled``), for distillation only; ``[]`` unless
+    ``enabled`` (config key ``use_unlabelled``).
+
+    ``datalist`` is a MONAI (Decathlon-style) JSON file; its optional ``key`` list holds entries like the training
+    ones (``{"image": [...], "case_id": ...}``) but without ``label``. Returns ``[]`` when the list is absent; each
+    returned entry carries ``"unlabelled": True``, which the :class:`~diffmed_monai.data.SliceStore` requires to
+    store a case without a label (its label slices are all 0 and the training loss gives them KD only). Paths are
+    joined to ``base_dir`` as ``monai.data.load_decathlon_datalist`` joins them.
+    """
+    from monai.data import load_decathlon_datalist
+
+    if not enabled:
+        return []
+    with open(datalist) as f:
+        content = json.load(f)
+    if not content.get(key):
+        return []
+    bad = [c for c in content[key] if not isinstance(c, dict) or "image" not in c or c.get("label")]
+    if bad:
+        raise ValueError(
+            f"{datalist}: entries of {key!r} must be dicts with 'image' and no 'label' (labelled cases belong in "
+            f"'training'), got {bad[0]!r}."
+        )
+    cases = load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=key, base_dir=base_dir)
+    return [{**c, "unlabelled": True} for c in cases]

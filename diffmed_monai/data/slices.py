@@ -35,7 +35,8 @@ class StoreSlices(Sequence):
     """The axial slices of some cases of a store, as a read-on-access sequence of dicts.
 
     Item ``i``: ``{"image": (M, X, Y) float16 ndarray, "label": (1, X, Y) uint8 ndarray, "case_id": str,
-    "slice_index": int}``, slices numbered case after case in ``records`` order.
+    "slice_index": int, "labelled": int}``, slices numbered case after case in ``records`` order. ``labelled`` is 0
+    for the slices of an unlabelled case (its label is all 0 and the loss gives it the KD term only), else 1.
     """
 
     def __init__(self, store: SliceStore, records: Sequence[CaseRecord]) -> None:
@@ -48,6 +49,8 @@ class StoreSlices(Sequence):
         self.foreground = counts[:, 1:].sum(axis=1).astype(np.int32)
         #: (S, 2) uint32 recorded CRC-32 of each slice's image and label, checked at every read
         self.checksums = np.concatenate([r.checksums for r in records]) if records else np.zeros((0, 2), np.uint32)
+        #: (S,) bool, the slice belongs to a labelled case
+        self.has_label = np.repeat([bool(r.has_label) for r in records], [r.num_slices for r in records]).astype(bool)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -64,7 +67,8 @@ class StoreSlices(Sequence):
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
         case_id, z = self.locate(int(index))
         image, label = self.store.read_slice(case_id, z, self.checksums[int(index) % len(self)])
-        return {"image": image, "label": label[None], "case_id": case_id, "slice_index": z}
+        return {"image": image, "label": label[None], "case_id": case_id, "slice_index": z,
+                "labelled": int(self.has_label[int(index) % len(self)])}
 
 
 class StoreVolumes(Sequence):
@@ -126,7 +130,7 @@ class StoreSliceDataset(_StoreDataset):
     view = StoreSlices
     default_datalist_key = "train#datalist"
 
-    def sampling_weights(self, labelled_ratio: float) -> np.ndarray:
+    def sampling_weights(self, labelled_ratio: float, unlabelled_share: float = 0.0) -> np.ndarray:
         """``(S,)`` float64 slice weights that pick slices as ``RandCropByPosNegLabeld(pos=labelled_ratio, neg=1)``
         picks the centre of a one-slice crop.
 
@@ -135,17 +139,35 @@ class StoreSliceDataset(_StoreDataset):
         ``p * fg[z] / sum(fg) + (1 - p) * bg[z] / sum(bg)`` from the store's per-slice voxel counts: slices with
         more tumour are drawn more often. Unlike the volume transform, the draw is over all cases at once (larger
         cases weigh more).
+
+        Semi-supervised: the slices of unlabelled cases (``has_label`` False) share ``unlabelled_share`` of the
+        total weight uniformly (config key ``unlabelled_share``), the labelled slices the rest as above; with no
+        unlabelled (or no labelled) slice, the other kind takes all the weight.
         """
         if labelled_ratio < 0:
             raise ValueError(f"`labelled_slice_ratio` must be >= 0, got {labelled_ratio}.")
-        fg, bg = self.data.foreground.astype(np.float64), self.data.background.astype(np.float64)
+        if not 0.0 <= unlabelled_share <= 1.0:
+            raise ValueError(f"`unlabelled_share` must be in [0, 1], got {unlabelled_share}.")
+        has_label = self.data.has_label
+        if not has_label.any():
+            return np.full(len(has_label), 1.0 / max(len(has_label), 1))
+        if has_label.all():
+            return self._labelled_weights(labelled_ratio, has_label)
+        weights = (1.0 - unlabelled_share) * self._labelled_weights(labelled_ratio, has_label)
+        weights[~has_label] = unlabelled_share / int((~has_label).sum())
+        return weights
+
+    def _labelled_weights(self, labelled_ratio: float, keep: np.ndarray) -> np.ndarray:
+        """``(S,)`` weights summing to 1 over the slices in ``keep`` (0 elsewhere), by tumour / background voxels."""
+        fg = np.where(keep, self.data.foreground, 0).astype(np.float64)
+        bg = np.where(keep, self.data.background, 0).astype(np.float64)
         share = labelled_ratio / (labelled_ratio + 1.0)
         if fg.sum() == 0:
             share = 0.0
         if bg.sum() == 0:
             share = 1.0
         weights = share * fg / max(fg.sum(), 1.0) + (1.0 - share) * bg / max(bg.sum(), 1.0)
-        return weights if weights.sum() > 0 else np.full(len(fg), 1.0 / max(len(fg), 1))
+        return weights if weights.sum() > 0 else keep / max(int(keep.sum()), 1)
 
 
 class StoreVolumeDataset(_StoreDataset):

@@ -188,12 +188,15 @@ class CaseRecord:
         label_counts: ``(Z, C)`` int64, voxels of each class in each axial slice.
         checksums: ``(Z, 2)`` uint32, CRC-32 of each axial slice of ``image.npy`` and of ``label.npy``, checked
             whenever a slice is read (:meth:`SliceStore.read_slice`).
+        has_label: False for an unlabelled case (datalist entry with ``unlabelled`` true and no ``label``: its
+            ``label.npy`` is all 0 and it only serves distillation).
     """
 
     case_id: str
     shape: tuple[int, int, int, int]
     label_counts: np.ndarray
     checksums: np.ndarray
+    has_label: bool = True
 
     @property
     def num_slices(self) -> int:
@@ -442,7 +445,8 @@ class SliceStore:
                 problems.append(f"{case_id}: {state}")
                 continue
             counts = np.asarray(meta["label_counts"], dtype=np.int64).reshape(meta["shape"][0], -1)
-            out.append(CaseRecord(case_id, tuple(int(s) for s in meta["shape"]), counts, _checksums(meta)))
+            shape = tuple(int(s) for s in meta["shape"])
+            out.append(CaseRecord(case_id, shape, counts, _checksums(meta), bool(meta.get("labelled", True))))
         if problems:
             shown = "\n  ".join(problems[:10])
             if len(problems) > 10:
@@ -692,13 +696,19 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
     sources = _source_files(case, job.base_dir)
     try:
         fingerprint = _fingerprint(sources)
-        if not case.get("label"):
+        # an unlabelled case (the datalist's `unlabelled` list, for distillation only) is stored with an all-0
+        # label; its first image file takes the label's place through the (geometric) transforms
+        has_label = not case.get("unlabelled")
+        if has_label and not case.get("label"):
             raise ValueError("no `label` file: training needs one per case (check `datalist`)")
+        if not has_label and case.get("label"):
+            raise ValueError("an `unlabelled` case has a `label` file: move it to the labelled cases (`datalist`)")
         if job.check_cases:
             check_case(case, job.base_dir, job.modalities, job.label_values, check_finite=True)
         item = {k: v for k, v in case.items() if k in ("image", "label")}
-        item["image"] = sources[:-1] if isinstance(case["image"], (list, tuple)) else sources[0]
-        item["label"] = sources[-1]
+        images = sources[:-1] if has_label else sources
+        item["image"] = images if isinstance(case["image"], (list, tuple)) else sources[0]
+        item["label"] = sources[-1] if has_label else sources[0]
         transform = Compose([t for ts in job.transforms.values() for t in ts])
         try:
             out = transform(item)
@@ -728,6 +738,8 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
                 f"float16 range (+-65504) after preprocessing; check `intensity_transforms`"
             )
         label = np.moveaxis(label[0], -1, 0)  # (Z, X, Y)
+        if not has_label:
+            label = np.zeros(label.shape, dtype=LABEL_DTYPE)
         if label.size and (label.min() < 0 or label.max() >= c or not np.array_equal(label, np.round(label))):
             raise ValueError(
                 f"label {sources[-1]} holds values outside `label_values` {job.label_values} after preprocessing "
@@ -736,7 +748,7 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
         label8 = np.ascontiguousarray(label, dtype=LABEL_DTYPE)
         counts = np.stack([np.bincount(s.ravel(), minlength=c) for s in label8]) if len(label8) else np.zeros((0, c))
         affine = convert_to_numpy(getattr(out["image"], "affine", np.eye(4))).tolist()
-        written = _commit(job, case_id, image16, label8, counts, fingerprint, affine, replace)
+        written = _commit(job, case_id, image16, label8, counts, fingerprint, affine, replace, has_label)
     except Exception as err:
         reason = str(err)
         if not any(os.path.basename(p) in reason for p in sources):
@@ -746,7 +758,7 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
 
 
 def _commit(job: _Job, case_id: str, image: np.ndarray, label: np.ndarray, counts: np.ndarray,
-            sources: list, affine: list, replace: bool) -> int:
+            sources: list, affine: list, replace: bool, has_label: bool = True) -> int:
     """Write the case into a temporary folder, fsync, rename it into place; return the bytes written."""
     cases_dir = os.path.join(job.store_dir, CASES_DIR)
     final = os.path.join(cases_dir, case_id)
@@ -765,6 +777,7 @@ def _commit(job: _Job, case_id: str, image: np.ndarray, label: np.ndarray, count
             "slice_crc32": [[zlib.crc32(i), zlib.crc32(lb)] for i, lb in zip(image, label)],
             "affine": affine,
             "sources": sources,
+            "labelled": has_label,
         }
         meta_bytes = _write_synced(os.path.join(tmp, CASE_FILE), lambda f: f.write(json.dumps(meta).encode()))
         fsync_dir(tmp)

@@ -16,7 +16,7 @@ from .checkpoint import (
 from .cases import run_cases
 from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
-from .progress import ProgressPlot
+from .progress import KDAgreement, ProgressPlot
 from .trainer import (
     DiffMedTrainer,
     DistillationBatch,
@@ -35,6 +35,7 @@ __all__ = [
     "DistillationBatch",
     "DistillationInferer",
     "ModalityMaskBatch",
+    "KDAgreement",
     "NonFiniteLossError",
     "NonFiniteWeightsError",
     "ProgressPlot",

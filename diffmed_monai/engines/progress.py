@@ -1,4 +1,5 @@
-"""``progress.png``: the training curves (loss parts per epoch, validation Dice per class) after every validation.
+"""``progress.png``: the training curves (loss parts per epoch, validation Dice per class, teacher-student agreement)
+after every validation; :class:`KDAgreement` publishes the agreement as validation metrics.
 
 The anchor is nnU-Net's ``progress.png``. matplotlib is optional (``pip install diffmed-monai[plots]``): without
 it the handler logs once that no plot is written and training goes on.
@@ -16,7 +17,45 @@ from monai.utils import optional_import
 from ..losses import LOSS_PARTS
 from ..utils import write_atomic
 
-__all__ = ["ProgressPlot"]
+__all__ = ["AGREEMENT_PREFIX", "KDAgreement", "ProgressPlot"]
+
+#: validation metric names of :class:`KDAgreement`: ``kd_cosine_<modality>``
+AGREEMENT_PREFIX = "kd_cosine_"
+
+
+class KDAgreement:
+    """Trainer handler: at each validation, the agreement between the students' distilled tokens and the teacher.
+
+    The value per modality is the running mean, over the training iterations since the previous validation, of the
+    cosine similarity between the denoised student tokens (``D(u0, seg_timestep)``, the decoder's input; u0 with
+    ``kd_mode="regression"``) and the standardised teacher tokens, token by token (from
+    :meth:`~diffmed_monai.losses.DiffMedLoss.agreement`: computed on the training batches, so validation needs no
+    teacher). When ``validator`` starts, the values are put into its ``state.metrics`` as ``kd_cosine_<modality>``,
+    so the validator's ``StatsHandler`` (log), ``TensorBoardStatsHandler`` and :class:`ProgressPlot` show them, and
+    are logged here. 1 means the students reproduce the teacher's tokens (up to scale), 0 no agreement.
+
+    Args:
+        loss: the :class:`~diffmed_monai.losses.DiffMedLoss` of the trainer (config key ``loss``).
+        validator: the validation evaluator.
+    """
+
+    def __init__(self, loss, validator) -> None:
+        self.loss = loss
+        self.validator = validator
+        self.history: dict[str, list[float]] = defaultdict(list)
+
+    def attach(self, engine) -> None:
+        self.validator.add_event_handler(Events.STARTED, self._publish)
+
+    def _publish(self, validator) -> None:
+        values = self.loss.agreement(reset=True)
+        for modality, value in values.items():
+            validator.state.metrics[f"{AGREEMENT_PREFIX}{modality}"] = value
+            self.history[modality].append(value)
+        if values:
+            logger.info("teacher-student agreement (mean cosine since the last validation): %s",
+                        ", ".join(f"{m} {v:.4f}" for m, v in values.items()))
+
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +79,7 @@ class ProgressPlot:
         self.count = 0
         self.losses: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.dice: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.agreement: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.plt, self.has_matplotlib = optional_import("matplotlib.pyplot")
         self.told_missing = False
         self.trainer = None
@@ -72,24 +112,33 @@ class ProgressPlot:
         for name, value in validator.state.metrics.items():
             if "dice" in name:
                 self.dice[name].append((epoch, float(value)))
+            elif name.startswith(AGREEMENT_PREFIX):
+                self.agreement[name[len(AGREEMENT_PREFIX):]].append((epoch, float(value)))
         self.write()
 
     def write(self) -> None:
-        """Draw the two panels (losses on a log scale, Dice) to :attr:`path`."""
+        """Draw the panels (losses on a log scale, Dice, and the KD agreement when there is one) to :attr:`path`."""
         if not self.has_matplotlib:
             if not self.told_missing:
                 logger.info("matplotlib is not installed: no %s (pip install diffmed-monai[plots]).", self.path)
                 self.told_missing = True
             return
         self.plt.switch_backend("Agg")
-        figure, (loss_axis, dice_axis) = self.plt.subplots(1, 2, figsize=(12, 4.5))
+        panels = 3 if self.agreement else 2
+        figure, axes = self.plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+        loss_axis, dice_axis = axes[:2]
         for key, points in self.losses.items():
             loss_axis.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
         loss_axis.set(xlabel="epoch", ylabel="mean over the epoch", title="training loss", yscale="log")
         for key, points in self.dice.items():
             dice_axis.plot(*zip(*points), label=key, marker="o")
         dice_axis.set(xlabel="epoch", ylabel="Dice", title="validation", ylim=(0, 1))
-        for axis in (loss_axis, dice_axis):
+        if self.agreement:
+            for key, points in self.agreement.items():
+                axes[2].plot(*zip(*points), label=key, marker="o")
+            axes[2].set(xlabel="epoch", ylabel="mean cosine (training batches)", ylim=(-0.1, 1),
+                        title="student-teacher token agreement")
+        for axis in axes:
             axis.grid(alpha=0.3)
             axis.xaxis.set_major_locator(self.plt.MaxNLocator(integer=True))
             if axis.lines:

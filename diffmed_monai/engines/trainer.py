@@ -49,7 +49,8 @@ def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, de
 class DistillationBatch(PrepareBatch):
     """``prepare_batch`` of the KD step: the batch on the device, the teacher tokens and the modality mask.
 
-    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M) or None})``. The
+    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M) or None})``, plus
+    ``"labelled"`` ``(B,)`` when the batch has it (semi-supervised training: 0 marks a sample with KD only). The
     teacher always sees every modality (no gradient; bf16 autocast on CUDA, and on a CPU when ``cpu_bf16``); while
     :attr:`dropout_active`, each modality of the student input is dropped with ``modality_dropout`` (zeroed, and
     marked absent in the mask).
@@ -74,7 +75,10 @@ class DistillationBatch(PrepareBatch):
         if self.dropout_active and self.modality_dropout > 0:
             mask = sample_modality_mask(plain.shape[0], plain.shape[1], self.modality_dropout, plain.device)
             image = image * mask[:, :, None, None]
-        return image, label, (), {"teacher_tokens": tokens, "modality_mask": mask}
+        kwargs = {"teacher_tokens": tokens, "modality_mask": mask}
+        if isinstance(batchdata, dict) and "labelled" in batchdata:  # semi-supervised: unlabelled samples get KD only
+            kwargs["labelled"] = torch.as_tensor(batchdata["labelled"]).to(device=plain.device)
+        return image, label, (), kwargs
 
 
 class ModalityMaskBatch(PrepareBatch):
@@ -106,10 +110,10 @@ class DistillationInferer(Inferer):
     """
 
     def __call__(  # type: ignore[override]
-        self, inputs: torch.Tensor, network: nn.Module, teacher_tokens: torch.Tensor, modality_mask=None
+        self, inputs: torch.Tensor, network: nn.Module, teacher_tokens: torch.Tensor, modality_mask=None, labelled=None
     ) -> dict[str, Any]:
         outputs = network(inputs, modality_mask=modality_mask, return_training_outputs=True)
-        return {**outputs, "teacher_tokens": teacher_tokens, "modality_mask": modality_mask}
+        return {**outputs, "teacher_tokens": teacher_tokens, "modality_mask": modality_mask, "labelled": labelled}
 
 
 def loss_parts(output: dict | list) -> dict[str, torch.Tensor]:
@@ -181,7 +185,9 @@ class DiffMedTrainer(SupervisedTrainer):
         self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_logits_only)
 
     def _distillation_loss(self, outputs: dict[str, Any], label: torch.Tensor) -> torch.Tensor:
-        parts = self.total_loss(outputs, label, outputs["teacher_tokens"], outputs["modality_mask"])
+        parts = self.total_loss(
+            outputs, label, outputs["teacher_tokens"], outputs["modality_mask"], outputs.get("labelled")
+        )
         outputs["loss_parts"] = {key: parts[key].detach() for key in LOSS_PARTS}
         return parts["loss"]
 

@@ -97,7 +97,8 @@ class DiffusionKDLoss(nn.Module):
         mse = (student - target).pow(2).mean(dim=(2, 3, 4))  # (B, M)
         log_p_s = F.log_softmax(student / self.tau, dim=2)
         log_p_t = F.log_softmax(target / self.tau, dim=2)
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=2).mean(dim=(2, 3)) * self.tau**2  # (B, M)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=2).mean(dim=(2, 3))  # (B, M)
+        kl = kl * self.tau**2
         weight = torch.ones_like(mse) if modality_mask is None else modality_mask.to(mse.dtype)
         denom = weight.sum(0).clamp_min(1.0)  # per-modality mean over the samples where it is present
         mse_total = ((mse * weight).sum(0) / denom).sum()

@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
 from .kd import DiffusionKDLoss
 
-__all__ = ["LOSS_PARTS", "DiffMedLoss"]
+__all__ = ["KD_MODES", "LOSS_PARTS", "DiffMedLoss"]
 
 #: the parts of the total loss that :class:`DiffMedLoss` reports beside ``loss``
 LOSS_PARTS = ("loss_seg", "loss_kd", "loss_mse", "loss_kl")
+
+#: ``kd_mode`` values: the paper's diffusion distillation, or plain token regression of u0 (UNIC / DINO-MX baseline)
+KD_MODES = ("diffusion", "regression")
 
 
 class DiffMedLoss(nn.Module):
     """Total loss ``lambda_kd * L_KD + L_seg`` (Eq. 13) with ``L_seg`` = MONAI ``DiceCELoss`` (Eq. 12).
 
-    L_KD is averaged over the two denoised features the network produces: ``D(u_t, t)`` at a random t (the DDPM
-    objective) and ``D(u0, seg_timestep)`` (the deterministic feature the decoder consumes).
+    ``kd_mode="diffusion"`` (the paper): L_KD is averaged over the two denoised features the network produces,
+    ``D(u_t, t)`` at a random t (the DDPM objective) and ``D(u0, seg_timestep)`` (the deterministic feature the
+    decoder consumes); ``lambda_feature`` > 0 adds ``lambda_feature * KD(u0, Z)``, a direct regression of the
+    projected student feature u0 on the standardised teacher tokens Z, so that the students, not only the
+    denoisers, must carry the teacher's information (see ``docs/distillation.md``, "Diagnosis of the KD path").
+    ``kd_mode="regression"``: L_KD = KD(u0, Z) only (plain feature distillation, no denoiser in the KD loss; the
+    denoiser still maps u0 to the decoder's input, trained by the segmentation loss).
 
-    Forward: ``outputs`` the dict of ``DiffMedDINOv3(..., return_training_outputs=True)``, ``label``
-    ``(B, 1, H, W)`` class indices, ``teacher`` ``(B, M, d, h, w)``, optional ``modality_mask`` ``(B, M)``.
-    Returns a dict: ``loss`` (total), ``loss_seg``, ``loss_kd``, ``loss_mse``, ``loss_kl``.
+    Semi-supervised training: samples marked unlabelled (``labelled`` 0) contribute the KD loss only; Dice-CE is
+    the mean over the labelled samples of the batch (0, still attached to the graph, when there are none).
+
+    Agreement signal: in training mode every call adds, per modality, the mean cosine similarity (over tokens and
+    the samples where the modality is present) between the feature KD trains on the decoder's path
+    (``D(u0, seg_timestep)``, or u0 in regression mode) and Z; :meth:`agreement` returns and resets the running
+    means (read once per validation by :class:`~diffmed_monai.engines.KDAgreement`).
+
+    Forward: ``outputs`` the dict of ``DiffMedDINOv3(..., return_training_outputs=True)`` (optionally with
+    ``labelled`` ``(B,)``), ``label`` ``(B, 1, H, W)`` class indices, ``teacher`` ``(B, M, d, h, w)``, optional
+    ``modality_mask`` ``(B, M)`` and ``labelled`` ``(B,)`` (1 labelled, 0 unlabelled; overrides
+    ``outputs["labelled"]``). Returns a dict: ``loss`` (total), ``loss_seg``, ``loss_kd``, ``loss_mse``,
+    ``loss_kl``.
     """
 
     def __init__(
@@ -36,11 +57,39 @@ class DiffMedLoss(nn.Module):
         lambda_ce: float = 1.0,
         standardize_teacher: bool = True,
         ema_momentum: float = 0.01,
+        kd_mode: str = "diffusion",
+        lambda_feature: float = 0.0,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if kd_mode not in KD_MODES:
+            raise ValueError(f"`loss#kd_mode` must be one of {KD_MODES}, got {kd_mode!r}.")
+        if lambda_feature < 0 or lambda_kd < 0:
+            raise ValueError(f"`lambda_kd` ({lambda_kd}) and `lambda_feature` ({lambda_feature}) must be >= 0.")
+        if modalities is not None and len(modalities) != num_modalities:
+            raise ValueError(f"`loss#modalities` {list(modalities)} must name the {num_modalities} modalities.")
         self.lambda_kd = lambda_kd
+        self.kd_mode = kd_mode
+        self.lambda_feature = float(lambda_feature)
+        names = modalities if modalities is not None else range(num_modalities)
+        self.modalities = [str(m) for m in names]
         self.kd = DiffusionKDLoss(num_modalities, teacher_dim, lambda_kl, tau, standardize_teacher, ema_momentum)
         self.seg = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self._cos_sum = torch.zeros(num_modalities, dtype=torch.float64)
+        self._cos_count = torch.zeros(num_modalities, dtype=torch.float64)
+
+    def segmentation(self, pred: torch.Tensor, label: torch.Tensor, labelled: torch.Tensor | None) -> torch.Tensor:
+        """Dice-CE over the labelled samples (all when ``labelled`` is None); ``pred`` ``(B, C, H, W)``."""
+        if labelled is None:
+            return self.seg(pred.float(), label)
+        keep = torch.as_tensor(labelled, device=pred.device).reshape(-1) > 0
+        if keep.numel() != pred.shape[0]:
+            raise ValueError(f"`labelled` has {keep.numel()} entries for a batch of {pred.shape[0]} samples.")
+        if bool(keep.all()):
+            return self.seg(pred.float(), label)
+        if not bool(keep.any()):
+            return pred.float().sum() * 0.0  # no labelled sample: no segmentation signal, graph kept (DDP)
+        return self.seg(pred[keep].float(), label[keep])
 
     def forward(
         self,
@@ -48,17 +97,50 @@ class DiffMedLoss(nn.Module):
         label: torch.Tensor,
         teacher: torch.Tensor,
         modality_mask: torch.Tensor | None = None,
+        labelled: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        loss_seg = self.seg(outputs["pred"].float(), label)
+        if labelled is None:
+            labelled = outputs.get("labelled")
+        loss_seg = self.segmentation(outputs["pred"], label, labelled)
         kd = self.kd
-        kd.check_shapes(outputs["denoised"], teacher)
+        kd.check_shapes(outputs["u0"], teacher)
         target = kd.standardize(teacher) if kd.standardize_teacher else teacher.float()  # once per batch
-        parts = [kd.distance(outputs[key], target, modality_mask) for key in ("denoised_noisy", "denoised")]
-        loss_kd = (parts[0]["kd"] + parts[1]["kd"]) / 2
+        if self.kd_mode == "regression":
+            parts = [kd.distance(outputs["u0"], target, modality_mask)]
+            tracked = outputs["u0"]
+        else:
+            parts = [kd.distance(outputs[key], target, modality_mask) for key in ("denoised_noisy", "denoised")]
+            tracked = outputs["denoised"]
+        loss_kd = sum(p["kd"] for p in parts) / len(parts)
+        mse = sum(p["mse"] for p in parts) / len(parts)
+        kl = sum(p["kl"] for p in parts) / len(parts)
+        if self.kd_mode == "diffusion" and self.lambda_feature > 0:
+            feature = kd.distance(outputs["u0"], target, modality_mask)
+            loss_kd = loss_kd + self.lambda_feature * feature["kd"]
+        if self.training:
+            self._track_agreement(tracked, target, modality_mask)
         return {
             "loss": self.lambda_kd * loss_kd + loss_seg,
             "loss_seg": loss_seg,
             "loss_kd": loss_kd,
-            "loss_mse": (parts[0]["mse"] + parts[1]["mse"]) / 2,
-            "loss_kl": (parts[0]["kl"] + parts[1]["kl"]) / 2,
+            "loss_mse": mse,
+            "loss_kl": kl,
         }
+
+    @torch.no_grad()
+    def _track_agreement(self, feature: torch.Tensor, target: torch.Tensor, modality_mask: torch.Tensor | None) -> None:
+        cos = F.cosine_similarity(feature.float(), target, dim=2).mean(dim=(2, 3))  # (B, M)
+        weight = torch.ones_like(cos) if modality_mask is None else modality_mask.to(cos.dtype)
+        self._cos_sum += (cos * weight).sum(0).detach().double().cpu()
+        self._cos_count += weight.sum(0).detach().double().cpu()
+
+    def agreement(self, reset: bool = True) -> dict[str, float]:
+        """``{modality: mean cosine}`` between the KD-trained feature and the standardised teacher tokens since
+        the last reset (training batches only); modalities never present are left out."""
+        result = {
+            name: float(s / c) for name, s, c in zip(self.modalities, self._cos_sum, self._cos_count) if c > 0
+        }
+        if reset:
+            self._cos_sum.zero_()
+            self._cos_count.zero_()
+        return result
