@@ -100,20 +100,33 @@ def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_class
     ``cpu_bf16`` on a CPU, its forward pass and loss under bf16 autocast as ``DiffMedTrainer(cpu_bf16=True)`` runs
     (not what MONAI's trainer does on a CPU: a like-for-like comparison row)."""
     from monai.engines import SupervisedTrainer
+    from monai.inferers import SimpleInferer
     from monai.losses import DiceCELoss
     from monai.networks.nets import SwinUNETR
-
-    from diffmed_monai.engines import autocast_on_cpu
 
     network = SwinUNETR(
         in_channels=batches[0]["image"].shape[1], out_channels=num_classes, feature_size=48, spatial_dims=2
     ).to(device)
-    trainer = SupervisedTrainer(
+    bf16 = cpu_bf16 and device.type == "cpu"
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    return SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=batches, network=network,
         optimizer=torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4),
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=amp, amp_kwargs={"dtype": torch.bfloat16},
+        loss_function=CpuAutocast(loss) if bf16 else loss, inferer=CpuAutocast(SimpleInferer()) if bf16 else None,
+        amp=amp, amp_kwargs={"dtype": torch.bfloat16},
     )
-    return autocast_on_cpu(trainer) if cpu_bf16 and device.type == "cpu" else trainer
+
+
+class CpuAutocast:
+    """``fn`` (the peer's inferer or loss) called under ``torch.autocast("cpu", torch.bfloat16)``: the region
+    ``DiffMedTrainer(cpu_bf16=True)`` autocasts, for the comparison row of SwinUNETR-2D in bf16 on a CPU."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.fn(*args, **kwargs)
 
 
 def autocast_precision(device: torch.device, amp: bool, cpu_bf16: bool) -> str:
@@ -268,10 +281,6 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     network, teacher = parser.get_parsed_content("network").train(), parser.get_parsed_content("teacher")
     precision = autocast_precision(device, amp, parser.get_parsed_content("cpu_bf16"))
     bf16 = precision == "bfloat16"
-    if parser.get_parsed_content("reuse_freed_memory"):  # as train#trainer does (process-wide: the peer too)
-        from diffmed_monai.engines import reuse_freed_memory
-
-        reuse_freed_memory()
     image = batches[0]["image"].to(device)
     b, m, h, w = image.shape
     peer = SwinUNETR(in_channels=m, out_channels=num_classes, feature_size=48, spatial_dims=2).to(device).train()
@@ -517,8 +526,6 @@ def run_benchmark(
     }
     result: dict = {"meta": meta, "ratios": {}}
 
-    # inference first: training turns on `reuse_freed_memory` for the whole process (train.json on a CPU), which
-    # neither inference.json nor MONAI's bundles use and which speeds the 3D peer's large allocations
     if "inference" in sections:
         segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
         with tempfile.TemporaryDirectory() as folder:

@@ -1,6 +1,5 @@
 """Training engine and checkpoint handlers for DiffMedDINOv3 bundles."""
 
-from .allocator import reuse_freed_memory
 from .checkpoint import (
     AtomicDiskSaver,
     BestModelCheckpoint,
@@ -11,7 +10,6 @@ from .checkpoint import (
     epoch_checkpoints,
     write_atomic,
 )
-from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 from .progress import ProgressPlot
 from .trainer import (
     DiffMedTrainer,
@@ -33,12 +31,9 @@ __all__ = [
     "ModalityMaskBatch",
     "ProgressPlot",
     "ResumableCheckpoint",
-    "autocast_on_cpu",
     "check_checkpoint",
     "epoch_checkpoints",
     "loss_parts",
-    "reuse_freed_memory",
     "sample_modality_mask",
-    "store_frozen_linears_in",
     "write_atomic",
 ]

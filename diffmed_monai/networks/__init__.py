@@ -6,12 +6,10 @@ from .diffmed import DiffMedDINOv3
 from .fusion import ModalityProjection, SwinFusion
 from .students import SwinStudent
 from .teacher import TEACHER_ARCHS, DINOv3Teacher, build_hf_teacher_model, build_timm_teacher_model, teacher_width
-from .window_attention import LogitsDtypeWindowAttention, use_logits_dtype_bias
 
 __all__ = [
     "DINOv3Teacher",
     "DiffMedDINOv3",
-    "LogitsDtypeWindowAttention",
     "MLPDecoder",
     "ModalityProjection",
     "MultiScaleMLPDecoder",
@@ -23,5 +21,4 @@ __all__ = [
     "build_hf_teacher_model",
     "build_timm_teacher_model",
     "teacher_width",
-    "use_logits_dtype_bias",
 ]
