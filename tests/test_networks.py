@@ -208,3 +208,43 @@ def test_bad_input_is_refused():
     out = net(torch.randn(1, 4, 32, 32), return_training_outputs=True)
     with pytest.raises(ValueError, match="teacher_dim"):
         loss_fn(out, torch.zeros(1, 1, 32, 32, dtype=torch.long), torch.randn(1, 4, 64, 2, 2))
+
+
+def test_position_embedding_equals_monais():
+    from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
+    from diffmed_monai.networks.denoiser import sincos_position_embedding
+
+    for h, w, width in ((4, 4, 32), (16, 12, 256), (3, 5, 8)):
+        assert torch.equal(sincos_position_embedding(h, w, width), build_sincos_position_embedding([h, w], width, 2))
+
+
+def test_segmentation_loss_equals_monais_dice_ce_values_and_gradients():
+    from monai.losses import DiceCELoss
+
+    from diffmed_monai.losses import SoftmaxDiceCELoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 4, 16, 12, requires_grad=True), torch.randint(0, 4, (2, 1, 16, 12))
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.7, lambda_ce=1.3)(x, y)
+    got = SoftmaxDiceCELoss(lambda_dice=0.7, lambda_ce=1.3)(x, y)
+    assert torch.equal(got, ref)
+    assert torch.equal(torch.autograd.grad(got, x)[0], torch.autograd.grad(ref, x)[0])
+
+
+def test_training_forward_and_loss_trace_as_one_graph_without_breaks():
+    """The network's training forward plus the total loss, with the modality mask as data (dropout as a mask, no
+    branch on its values): ``torch._dynamo.explain`` finds one graph and no break (no host synchronisation, no
+    data-dependent control flow), so ``torch.compile(fullgraph=True)`` and CUDA graphs can take the whole step."""
+    torch.manual_seed(0)
+    net = make_net().train()
+    loss = DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]).train()
+    x, y = torch.randn(2, 4, 32, 32), torch.randint(0, 4, (2, 1, 32, 32))
+    tokens, mask = torch.randn(2, 4, TINY_NET["teacher_dim"], 2, 2), torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]])
+
+    def step(x, y, tokens, mask):
+        return loss(net(x, modality_mask=mask, return_training_outputs=True), y, tokens, mask)["loss"]
+
+    explained = torch._dynamo.explain(step)(x, y, tokens, mask)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1

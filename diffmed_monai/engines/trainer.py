@@ -47,10 +47,12 @@ def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, de
 class DistillationBatch(PrepareBatch):
     """``prepare_batch`` of the KD step: the batch on the device, the teacher tokens and the modality mask.
 
-    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M) or None})``. The
+    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M)})``. The
     teacher always sees every modality (no gradient; bf16 autocast on CUDA, and on a CPU when ``cpu_bf16``); while
     :attr:`dropout_active`, each modality of the student input is dropped with ``modality_dropout`` (zeroed, and
-    marked absent in the mask).
+    marked absent in the mask); otherwise the mask is all ones. The mask is always a tensor, so a compiled or
+    graph-captured step is one graph whether dropout is on or not (the network and the loss take it as data and
+    never branch on its values).
     """
 
     def __init__(self, teacher: nn.Module, modality_dropout: float = 0.0, cpu_bf16: bool = False) -> None:
@@ -68,10 +70,11 @@ class DistillationBatch(PrepareBatch):
         bf16 = device_type == "cuda" or (device_type == "cpu" and self.cpu_bf16)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             tokens = self.teacher(plain)
-        mask = None
         if self.dropout_active and self.modality_dropout > 0:
             mask = sample_modality_mask(plain.shape[0], plain.shape[1], self.modality_dropout, plain.device)
             image = image * mask[:, :, None, None]
+        else:  # every modality present: the same values as no mask, and the same graph as with dropout
+            mask = torch.ones(plain.shape[:2], dtype=torch.float32, device=plain.device)
         return image, label, (), {"teacher_tokens": tokens, "modality_mask": mask}
 
 
