@@ -229,39 +229,69 @@ class PeakMemory:
             self.gb = (max(self._peak, self._rss()) - self._start) / 1e9
 
 
-def count_first_step_flops(trainer) -> int:
-    """FLOPs of the first iteration of one ``trainer.run()`` (teacher, forward, loss, backward, optimiser step).
+class OpCounter:
+    """Aten operations that run a kernel, counted by ``torch.profiler`` while active: the profiler's ``aten::`` events
+    with no ``aten::`` event inside them (``aten::linear``, which runs ``aten::addmm``, counts once). On a GPU each is
+    a kernel launch or more; a step of many small ones is bound by launches, not arithmetic."""
 
-    The count covers one step, not the epoch: under ``FlopCounterMode`` the resident memory of a default-size
+    def __init__(self) -> None:
+        self.count = 0
+        self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    def __enter__(self) -> OpCounter:
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._profile.__exit__(*exc)
+        events = [e for e in self._profile.events() if e.name.startswith("aten::")]
+        self.count = sum(1 for e in events if not any(c.name.startswith("aten::") for c in e.cpu_children))
+
+
+def count_step(trainer) -> dict:
+    """One ``trainer.run()``: FLOPs of its first iteration (teacher, forward, loss, backward, optimiser step) and the
+    aten operations dispatched in its last iteration (``ops_per_step``: the same parts, once the optimiser's state
+    exists; the first iteration if the loader has one batch).
+
+    The FLOP count covers one step, not the epoch: under ``FlopCounterMode`` the resident memory of a default-size
     DiffMedDINOv3 step grows by about 6 GB per further step on a CPU (a 24 GB machine ran out in the third). The run
     still completes its epoch, so Ignite's ``epoch_length`` is the loader's for the timed runs that follow.
     """
     from ignite.engine import Events
 
-    counter = flop_counter()
+    counter, ops, last = flop_counter(), OpCounter(), len(trainer.data_loader)
     handles = [
         trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: counter.__enter__()),
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: counter.__exit__(None, None, None)),
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=last), lambda _: ops.__enter__()),
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=last), lambda _: ops.__exit__(None, None, None)),
     ]
     try:
         trainer.run()
     finally:
         for handle in handles:
             handle.remove()
-    return counter.get_total_flops()
+    return {"flops": counter.get_total_flops(), "ops": ops.count}
+
+
+def count_first_step_flops(trainer) -> int:
+    """FLOPs of the first iteration of one ``trainer.run()`` (:func:`count_step`)."""
+    return count_step(trainer)["flops"]
 
 
 def time_training(trainer, batch_size: int, repeats: int, warmup: int, precision: str) -> dict:
-    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step;
-    ``precision`` (of its matrix products, :func:`autocast_precision`) is recorded for the floor."""
+    """Slices/s of one epoch of ``trainer`` (its loader's batches), FLOPs per slice counted on its first step and
+    aten operations per step (:func:`count_step`); ``precision`` (of its matrix products,
+    :func:`autocast_precision`) is recorded for the floor."""
     steps = len(trainer.data_loader)
-    flops = count_first_step_flops(trainer)
+    counted = count_step(trainer)
     with PeakMemory(trainer.state.device) as mem:
         seconds = median_seconds(trainer.run, repeats, warmup)
     return {
         "slices_per_s": steps * batch_size / seconds,
         "seconds_per_step": seconds / steps,
-        "flops_per_slice": flops / batch_size,
+        "flops_per_slice": counted["flops"] / batch_size,
+        "ops_per_step": counted["ops"],
         "peak_mem_gb": mem.gb,
         "precision": precision,
     }
@@ -284,10 +314,18 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     image = batches[0]["image"].to(device)
     b, m, h, w = image.shape
     peer = SwinUNETR(in_channels=m, out_channels=num_classes, feature_size=48, spatial_dims=2).to(device).train()
+
+    def specific_students(x: torch.Tensor) -> list[torch.Tensor]:
+        """The modality-specific students' maps ``(B*M, ...)`` as the network runs them (stacked or in turn)."""
+        if network.batched:
+            return [f.flatten(0, 1) for f in network.specific_students(x.unsqueeze(2), in_dim=1, out_dim=1)]
+        maps = [st(x[:, i : i + 1]) for i, st in enumerate(network.specific_students)]
+        return [torch.stack([m[k] for m in maps], dim=1).flatten(0, 1) for k in range(3)]
+
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         u0, skips = network.encode(image)
         a16 = network.shared_student(image.reshape(b * m, 1, h, w))[2]
-        h16 = torch.cat([student(image[:, i : i + 1])[2] for i, student in enumerate(network.specific_students)])
+        h16 = specific_students(image)[2]
 
     def step(fn: Callable[..., Any], *inputs: torch.Tensor, input_grad: bool = True, trained: bool = True):
         leaves = [x.detach().float().requires_grad_(input_grad and trained) for x in inputs]
@@ -307,12 +345,12 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
         "diffmed: teacher (forward, no gradient)": step(teacher, image, trained=False),
         "diffmed: shared student (B x M slices)": step(network.shared_student, image.reshape(b * m, 1, h, w),
                                                        input_grad=False),
-        "diffmed: specific students (M x B slices)": step(
-            lambda x: [fmap for i, st in enumerate(network.specific_students) for fmap in st(x[:, i : i + 1])], image,
-            input_grad=False),
+        "diffmed: specific students (M x B slices)": step(specific_students, image, input_grad=False),
         "diffmed: fusion + projection": step(lambda a, s: network.projection(network.fusion(a, s).unflatten(0, (b, m))),
                                              a16, h16),
-        "diffmed: denoisers (both passes)": step(lambda u: [network.denoise(u, t_seg), network.denoise(u, t)], u0),
+        "diffmed: denoisers (both passes)": step(
+            lambda u: network.denoise(torch.cat([u, u]), torch.cat([t_seg, t])) if network.batched
+            else [network.denoise(u, t_seg), network.denoise(u, t)], u0),
         "diffmed: decoder": step(lambda d, s8, s4: network.decode(d, [s8, s4], image), u0, *skips),
         "swin_unetr_2d: Swin encoder (swinViT)": step(peer.swinViT, image, input_grad=False),
         "swin_unetr_2d: whole network": step(peer, image, input_grad=False),
@@ -641,12 +679,12 @@ def format_report(result: dict) -> str:
         lines += [
             "", "DINOv3 teacher RANDOMLY INITIALISED (speed only).", "",
             f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | slices/s | GFLOP/slice | "
-            "share of FLOP floor | peak memory (GB) |",
-            "|---|---|---|---|---|---|",
+            "share of FLOP floor | peak memory (GB) | aten ops/step |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, e in result["training"].items():
             lines.append(f"| {name} | {e['precision']} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
-                         f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
+                         f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} | {e.get('ops_per_step', 0)} |")
     if "training_parts" in result:
         lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | "
                   "s/step | GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]
