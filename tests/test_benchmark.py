@@ -74,7 +74,9 @@ def test_training_parts_cover_each_part_of_both_models():
                for e in parts.values())
     flops = {name: e["flops_per_step"] for name, e in parts.items()}
     # one Swin student architecture: the shared one on B x M slices does the arithmetic of the M specific ones on B
-    assert flops["diffmed: shared student (B x M slices)"] == flops["diffmed: specific students (M x B slices)"]
+    # (their stacked call, vmap's batching rules, counts 0.6 % more here: not a different network)
+    assert flops["diffmed: specific students (M x B slices)"] == pytest.approx(
+        flops["diffmed: shared student (B x M slices)"], rel=0.02)
     assert flops["swin_unetr_2d: Swin encoder (swinViT)"] < flops["swin_unetr_2d: whole network"]
     assert {e["precision"] for e in parts.values()} == {"float32"}  # the tiny preset trains float32 on a CPU
     report = benchmark.format_report({"meta": {"device": "cpu", "threads": 1, "torch": "", "presets": [], "amp": False,
