@@ -308,3 +308,18 @@ def test_shared_student_checkpointing_gives_the_same_gradients():
     (_, ref), (_, got) = (_step_outputs_and_grads(n, x, mask, t, noise) for n in (plain, ckpt))
     for name, g in ref.items():
         torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_stacked_modules_run_concurrently_and_copy():
+    """``functional_call`` swaps a module's tensors while it runs: each thread gets its own template, so concurrent
+    calls (the CPU slice inferer's workers) give the single-thread result; the network deep-copies and pickles."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    net, x = make_net().eval(), torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda _: net(x), range(4)))
+        assert all(torch.equal(out, ref) for out in outs)
+        assert torch.equal(copy.deepcopy(net)(x), ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -55,14 +56,35 @@ class ModalityStack(nn.Module):
             self.register_buffer(_attr(name), value.clone(), persistent=name in persistent)
         template = copy.deepcopy(modules[0]).to("meta")  # its architecture only: every tensor comes from the stacks
         template.train(modules[0].training)
-        # plain attributes, not submodules: no parameters of their own; [0] for vmap, [1:] for tracing in turn
+        # plain attributes, not submodules: no parameters of their own; [0] the prototype of each thread's template
+        # (functional_call swaps a module's tensors while it runs: one template per thread, for concurrent calls such
+        # as the CPU slice inferer's workers), [1:] for tracing in turn
         self._template = (template, *(copy.deepcopy(template) for _ in modules))
+        self._local = threading.local()
 
     def train(self, mode: bool = True) -> ModalityStack:
         super().train(mode)
         for template in self._template:
             template.train(mode)
         return self
+
+    def __getstate__(self) -> dict:  # copy and pickle without the per-thread templates
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._local = threading.local()
+
+    def _thread_template(self) -> nn.Module:
+        """This thread's weightless template (made on first use from the prototype, in the module's mode)."""
+        if torch.compiler.is_compiling():
+            return self._template[0]
+        template = getattr(self._local, "template", None)
+        if template is None:
+            template = self._local.template = copy.deepcopy(self._template[0])
+        return template.train(self.training)
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """``{name: (M, ...) tensor}`` of every parameter and buffer of the template."""
@@ -92,7 +114,7 @@ class ModalityStack(nn.Module):
         return tuple(torch.stack(parts, dim=out_dim) for parts in zip(*outs))
 
     def forward(self, *args: torch.Tensor, in_dim: int = 0, out_dim: int = 0):
-        template = self._template[0]
+        template = self._thread_template()
         if torch.jit.is_tracing():
             return self._traced_in_turn(*args, in_dim=in_dim, out_dim=out_dim)
 
