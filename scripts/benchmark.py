@@ -101,20 +101,33 @@ def build_peer_trainer(batches: list, device: torch.device, amp: bool, num_class
     ``cpu_bf16`` on a CPU, its forward pass and loss under bf16 autocast as ``DiffMedTrainer(cpu_bf16=True)`` runs
     (not what MONAI's trainer does on a CPU: a like-for-like comparison row)."""
     from monai.engines import SupervisedTrainer
+    from monai.inferers import SimpleInferer
     from monai.losses import DiceCELoss
     from monai.networks.nets import SwinUNETR
-
-    from diffmed_monai.engines import autocast_on_cpu
 
     network = SwinUNETR(
         in_channels=batches[0]["image"].shape[1], out_channels=num_classes, feature_size=48, spatial_dims=2
     ).to(device)
-    trainer = SupervisedTrainer(
+    bf16 = cpu_bf16 and device.type == "cpu"
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    return SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=batches, network=network,
         optimizer=torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4),
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=amp, amp_kwargs={"dtype": torch.bfloat16},
+        loss_function=CpuAutocast(loss) if bf16 else loss, inferer=CpuAutocast(SimpleInferer()) if bf16 else None,
+        amp=amp, amp_kwargs={"dtype": torch.bfloat16},
     )
-    return autocast_on_cpu(trainer) if cpu_bf16 and device.type == "cpu" else trainer
+
+
+class CpuAutocast:
+    """``fn`` (the peer's inferer or loss) called under ``torch.autocast("cpu", torch.bfloat16)``: the region
+    ``DiffMedTrainer(cpu_bf16=True)`` autocasts, for the comparison row of SwinUNETR-2D in bf16 on a CPU."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.fn(*args, **kwargs)
 
 
 def autocast_precision(device: torch.device, amp: bool, cpu_bf16: bool) -> str:
@@ -217,39 +230,69 @@ class PeakMemory:
             self.gb = (max(self._peak, self._rss()) - self._start) / 1e9
 
 
-def count_first_step_flops(trainer) -> int:
-    """FLOPs of the first iteration of one ``trainer.run()`` (teacher, forward, loss, backward, optimiser step).
+class OpCounter:
+    """Aten operations that run a kernel, counted by ``torch.profiler`` while active: the profiler's ``aten::`` events
+    with no ``aten::`` event inside them (``aten::linear``, which runs ``aten::addmm``, counts once). On a GPU each is
+    a kernel launch or more; a step of many small ones is bound by launches, not arithmetic."""
 
-    The count covers one step, not the epoch: under ``FlopCounterMode`` the resident memory of a default-size
+    def __init__(self) -> None:
+        self.count = 0
+        self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    def __enter__(self) -> OpCounter:
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._profile.__exit__(*exc)
+        events = [e for e in self._profile.events() if e.name.startswith("aten::")]
+        self.count = sum(1 for e in events if not any(c.name.startswith("aten::") for c in e.cpu_children))
+
+
+def count_step(trainer) -> dict:
+    """One ``trainer.run()``: FLOPs of its first iteration (teacher, forward, loss, backward, optimiser step) and the
+    aten operations dispatched in its last iteration (``ops_per_step``: the same parts, once the optimiser's state
+    exists; the first iteration if the loader has one batch).
+
+    The FLOP count covers one step, not the epoch: under ``FlopCounterMode`` the resident memory of a default-size
     DiffMedDINOv3 step grows by about 6 GB per further step on a CPU (a 24 GB machine ran out in the third). The run
     still completes its epoch, so Ignite's ``epoch_length`` is the loader's for the timed runs that follow.
     """
     from ignite.engine import Events
 
-    counter = flop_counter()
+    counter, ops, last = flop_counter(), OpCounter(), len(trainer.data_loader)
     handles = [
         trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: counter.__enter__()),
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: counter.__exit__(None, None, None)),
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=last), lambda _: ops.__enter__()),
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=last), lambda _: ops.__exit__(None, None, None)),
     ]
     try:
         trainer.run()
     finally:
         for handle in handles:
             handle.remove()
-    return counter.get_total_flops()
+    return {"flops": counter.get_total_flops(), "ops": ops.count}
+
+
+def count_first_step_flops(trainer) -> int:
+    """FLOPs of the first iteration of one ``trainer.run()`` (:func:`count_step`)."""
+    return count_step(trainer)["flops"]
 
 
 def time_training(trainer, batch_size: int, repeats: int, warmup: int, precision: str) -> dict:
-    """Slices/s of one epoch of ``trainer`` (its loader's batches), and FLOPs per slice counted on its first step;
-    ``precision`` (of its matrix products, :func:`autocast_precision`) is recorded for the floor."""
+    """Slices/s of one epoch of ``trainer`` (its loader's batches), FLOPs per slice counted on its first step and
+    aten operations per step (:func:`count_step`); ``precision`` (of its matrix products,
+    :func:`autocast_precision`) is recorded for the floor."""
     steps = len(trainer.data_loader)
-    flops = count_first_step_flops(trainer)
+    counted = count_step(trainer)
     with PeakMemory(trainer.state.device) as mem:
         seconds = median_seconds(trainer.run, repeats, warmup)
     return {
         "slices_per_s": steps * batch_size / seconds,
         "seconds_per_step": seconds / steps,
-        "flops_per_slice": flops / batch_size,
+        "flops_per_slice": counted["flops"] / batch_size,
+        "ops_per_step": counted["ops"],
         "peak_mem_gb": mem.gb,
         "precision": precision,
     }
@@ -269,17 +312,21 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
     network, teacher = parser.get_parsed_content("network").train(), parser.get_parsed_content("teacher")
     precision = autocast_precision(device, amp, parser.get_parsed_content("cpu_bf16"))
     bf16 = precision == "bfloat16"
-    if parser.get_parsed_content("reuse_freed_memory"):  # as train#trainer does (process-wide: the peer too)
-        from diffmed_monai.engines import reuse_freed_memory
-
-        reuse_freed_memory()
     image = batches[0]["image"].to(device)
     b, m, h, w = image.shape
     peer = SwinUNETR(in_channels=m, out_channels=num_classes, feature_size=48, spatial_dims=2).to(device).train()
+
+    def specific_students(x: torch.Tensor) -> list[torch.Tensor]:
+        """The modality-specific students' maps ``(B*M, ...)`` as the network runs them (stacked or in turn)."""
+        if network.batched:
+            return [f.flatten(0, 1) for f in network.specific_students(x.unsqueeze(2), in_dim=1, out_dim=1)]
+        maps = [st(x[:, i : i + 1]) for i, st in enumerate(network.specific_students)]
+        return [torch.stack([m[k] for m in maps], dim=1).flatten(0, 1) for k in range(3)]
+
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         u0, skips = network.encode(image)
         a16 = network.shared_student(image.reshape(b * m, 1, h, w))[2]
-        h16 = torch.cat([student(image[:, i : i + 1])[2] for i, student in enumerate(network.specific_students)])
+        h16 = specific_students(image)[2]
 
     def step(fn: Callable[..., Any], *inputs: torch.Tensor, input_grad: bool = True, trained: bool = True):
         leaves = [x.detach().float().requires_grad_(input_grad and trained) for x in inputs]
@@ -299,12 +346,12 @@ def time_training_parts(presets: Sequence[str], batches: list, device: torch.dev
         "diffmed: teacher (forward, no gradient)": step(teacher, image, trained=False),
         "diffmed: shared student (B x M slices)": step(network.shared_student, image.reshape(b * m, 1, h, w),
                                                        input_grad=False),
-        "diffmed: specific students (M x B slices)": step(
-            lambda x: [fmap for i, st in enumerate(network.specific_students) for fmap in st(x[:, i : i + 1])], image,
-            input_grad=False),
+        "diffmed: specific students (M x B slices)": step(specific_students, image, input_grad=False),
         "diffmed: fusion + projection": step(lambda a, s: network.projection(network.fusion(a, s).unflatten(0, (b, m))),
                                              a16, h16),
-        "diffmed: denoisers (both passes)": step(lambda u: [network.denoise(u, t_seg), network.denoise(u, t)], u0),
+        "diffmed: denoisers (both passes)": step(
+            lambda u: network.denoise(torch.cat([u, u]), torch.cat([t_seg, t])) if network.batched
+            else [network.denoise(u, t_seg), network.denoise(u, t)], u0),
         "diffmed: decoder": step(lambda d, s8, s4: network.decode(d, [s8, s4], image), u0, *skips),
         "swin_unetr_2d: Swin encoder (swinViT)": step(peer.swinViT, image, input_grad=False),
         "swin_unetr_2d: whole network": step(peer, image, input_grad=False),
@@ -518,8 +565,6 @@ def run_benchmark(
     }
     result: dict = {"meta": meta, "ratios": {}}
 
-    # inference first: training turns on `reuse_freed_memory` for the whole process (train.json on a CPU), which
-    # neither inference.json nor MONAI's bundles use and which speeds the 3D peer's large allocations
     if "inference" in sections:
         segresnet_roi = [max(16, -(-s // 16) * 16) for s in volume_shape]  # the bundle's [240, 240, 160] for BraTS
         with tempfile.TemporaryDirectory() as folder:
@@ -635,12 +680,12 @@ def format_report(result: dict) -> str:
         lines += [
             "", "DINOv3 teacher RANDOMLY INITIALISED (speed only).", "",
             f"| training, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | slices/s | GFLOP/slice | "
-            "share of FLOP floor | peak memory (GB) |",
-            "|---|---|---|---|---|---|",
+            "share of FLOP floor | peak memory (GB) | aten ops/step |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, e in result["training"].items():
             lines.append(f"| {name} | {e['precision']} | {e['slices_per_s']:.3g} | {e['flops_per_slice'] / 1e9:.3g} | "
-                         f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} |")
+                         f"{e['fraction_of_floor']:.1%} | {e['peak_mem_gb']:.2f} | {e.get('ops_per_step', 0)} |")
     if "training_parts" in result:
         lines += ["", f"| training step part, batch {meta['batch_size']} at {meta['image_size']}^2 | precision | "
                   "s/step | GFLOP/step | share of FLOP floor |", "|---|---|---|---|---|"]

@@ -74,7 +74,9 @@ def test_training_parts_cover_each_part_of_both_models():
                for e in parts.values())
     flops = {name: e["flops_per_step"] for name, e in parts.items()}
     # one Swin student architecture: the shared one on B x M slices does the arithmetic of the M specific ones on B
-    assert flops["diffmed: shared student (B x M slices)"] == flops["diffmed: specific students (M x B slices)"]
+    # (their stacked call, vmap's batching rules, counts 0.6 % more here: not a different network)
+    assert flops["diffmed: specific students (M x B slices)"] == pytest.approx(
+        flops["diffmed: shared student (B x M slices)"], rel=0.02)
     assert flops["swin_unetr_2d: Swin encoder (swinViT)"] < flops["swin_unetr_2d: whole network"]
     assert {e["precision"] for e in parts.values()} == {"float32"}  # the tiny preset trains float32 on a CPU
     report = benchmark.format_report({"meta": {"device": "cpu", "threads": 1, "torch": "", "presets": [], "amp": False,
@@ -193,3 +195,18 @@ def test_blob_batches_have_labels_that_follow_the_image():
     assert image.shape == (2, 4, 32, 32) and label.shape == (2, 1, 32, 32)
     assert set(label.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
     assert bool((label == 3).eq(image[:, 2:3] > 0.4).all())  # the last class wins where its modality is bright
+
+
+@pytest.mark.slow
+def test_training_variants_of_the_gpu_run_work_on_a_cpu_at_tiny_size():
+    """``scripts/gpu_run.sh``'s training variants through the same code: MONAI's compile switch
+    (``train#trainer#compile``; the ``eager`` backend here, dynamo without code generation) with activation
+    checkpointing, each step's FLOPs and aten operations counted."""
+    result = benchmark.run_benchmark(
+        presets=["tiny"], device="cpu", batch_size=2, steps=2, image_size=64, repeats=1, warmup=0,
+        sections=["training"], output=None,
+        overrides={"compile": True, "compile_kwargs": {"backend": "eager"}, "network_def#use_checkpoint": True},
+    )
+    for name, entry in result["training"].items():
+        assert entry["ops_per_step"] > 0 and _positive_finite(entry["slices_per_s"]), name
+    assert "aten ops/step" in benchmark.format_report(result)

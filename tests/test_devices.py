@@ -13,7 +13,7 @@ from ignite.engine import Events
 from monai.data import DataLoader
 from monai.inferers import SliceInferer
 
-from diffmed_monai.engines import DiffMedTrainer, store_frozen_linears_in
+from diffmed_monai.engines import DiffMedTrainer, DistillationInferer
 from diffmed_monai.losses import DiffMedLoss
 from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
 
@@ -117,31 +117,30 @@ def test_cpu_bf16_training_autocasts_teacher_forward_and_loss_keeps_float32_weig
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
 
 
-@pytest.mark.parametrize("backend", ["hf", "timm"])
-def test_frozen_teacher_linears_stored_in_bf16_give_the_same_tokens_bit_for_bit(backend):
-    """The teacher of a ``cpu_bf16`` step keeps its linear layers in bf16 (no re-cast at every call): under bf16
-    autocast its tokens are exactly those of the float32 teacher; its other parameters stay float32."""
-    teacher = DINOv3Teacher(arch="tiny", backend=backend, random_init=True)
-    reference = copy.deepcopy(teacher)
-    assert store_frozen_linears_in(teacher) is teacher
-    linear = {f"{name}.{kind}" for name, m in teacher.named_modules() if isinstance(m, torch.nn.Linear)
-              for kind in ("weight", "bias")}
-    dtypes = {name: p.dtype for name, p in teacher.named_parameters()}
-    assert linear & set(dtypes) and all(dtypes[n] == torch.bfloat16 for n in linear & set(dtypes))
-    assert any(dtype == torch.float32 for name, dtype in dtypes.items() if name not in linear)  # norms, patch conv
-    x = torch.randn(2, 4, 32, 32)
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        assert torch.equal(teacher(x), reference(x))
-    with pytest.raises(ValueError, match="trainable"):
-        store_frozen_linears_in(torch.nn.Linear(2, 2))
-
-
-def test_cpu_bf16_trainer_stores_the_teacher_linears_in_bf16_only_on_a_cpu_with_cpu_bf16():
-    net = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET)
-    for cpu_bf16, dtype in ((False, torch.float32), (True, torch.bfloat16)):
-        trainer = _trainer(net, DINOv3Teacher(arch="tiny", random_init=True), cpu_bf16=cpu_bf16)
-        assert next(m for m in trainer.teacher.modules() if isinstance(m, torch.nn.Linear)).weight.dtype == dtype
+def test_cpu_bf16_autocasts_in_the_projects_own_inferer_and_loss_and_converts_no_weights():
+    """``cpu_bf16`` is a flag of :class:`DistillationInferer` and of the trainer's own loss call: nothing is wrapped
+    onto the trainer instance, and the frozen teacher keeps its float32 weights (no in-place dtype conversion)."""
+    net, teacher = DiffMedDINOv3(MODALITIES, num_classes=4, **TINY_NET), DINOv3Teacher(arch="tiny", random_init=True)
+    trainer = _trainer(net, teacher, cpu_bf16=True)
+    assert type(trainer.inferer) is DistillationInferer and trainer.inferer.cpu_bf16
+    assert trainer.loss_function == trainer._distillation_loss  # MONAI calls the trainer's own method, unwrapped
+    assert all(p.dtype == torch.float32 for p in trainer.teacher.parameters())
     assert all(p.dtype == torch.float32 for p in net.parameters())
+    with pytest.raises(ValueError, match="cpu_bf16"):  # a configured inferer must agree with the trainer
+        _trainer(net, teacher, cpu_bf16=True, inferer=DistillationInferer(cpu_bf16=False))
+
+
+def test_distillation_inferer_autocasts_only_cpu_inputs_when_asked():
+    seen = []
+
+    def probe(x, modality_mask=None, return_training_outputs=False):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return {"pred": x}
+
+    x, tokens = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 8, 1, 1)
+    for cpu_bf16 in (False, True):
+        DistillationInferer(cpu_bf16)(x, probe, tokens)
+    assert seen == [False, True] and not torch.is_autocast_enabled("cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -9,9 +9,23 @@ import torch
 from safetensors.torch import save_file
 
 from diffmed_monai.losses import DiffMedLoss
-from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher, build_timm_teacher_model
+from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher, ModalityStack, build_timm_teacher_model
 
 from .conftest import TINY_NET
+
+
+def _named_grads(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient under its ``state_dict`` name: the stacked ones of a
+    :class:`~diffmed_monai.networks.ModalityStack` sliced per module (``specific_students.2.swin...``)."""
+    grads = {}
+    stacks = {name: m for name, m in net.named_modules() if isinstance(m, ModalityStack)}
+    for prefix, stack in stacks.items():
+        for name, param, i in stack.named_parameter_slices():
+            grads[f"{prefix}.{name}"] = None if param.grad is None else param.grad[i]
+    for name, param in net.named_parameters():
+        if name.split(".", 1)[0] not in stacks:
+            grads[name] = param.grad
+    return grads
 
 
 def make_net(modalities=("t1", "t1ce", "t2", "flair"), **kw):
@@ -54,7 +68,7 @@ def test_gradients_reach_students_denoisers_decoder_not_teacher():
     parts["loss"].backward()
     for prefix in ("shared_student", "specific_students.0", "specific_students.3", "fusion", "projection",
                    "denoisers.0", "denoisers.3", "decoder"):
-        grads = [p.grad for n, p in net.named_parameters() if n.startswith(prefix)]
+        grads = [g for n, g in _named_grads(net).items() if n.startswith(prefix + ".")]
         assert grads and all(g is not None for g in grads), prefix
         assert any(float(g.abs().sum()) > 0 for g in grads), prefix
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
@@ -208,3 +222,104 @@ def test_bad_input_is_refused():
     out = net(torch.randn(1, 4, 32, 32), return_training_outputs=True)
     with pytest.raises(ValueError, match="teacher_dim"):
         loss_fn(out, torch.zeros(1, 1, 32, 32, dtype=torch.long), torch.randn(1, 4, 64, 2, 2))
+
+
+def test_position_embedding_equals_monais():
+    from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
+    from diffmed_monai.networks.denoiser import sincos_position_embedding
+
+    for h, w, width in ((4, 4, 32), (16, 12, 256), (3, 5, 8)):
+        assert torch.equal(sincos_position_embedding(h, w, width), build_sincos_position_embedding([h, w], width, 2))
+
+
+def test_segmentation_loss_equals_monais_dice_ce_values_and_gradients():
+    from monai.losses import DiceCELoss
+
+    from diffmed_monai.losses import SoftmaxDiceCELoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 4, 16, 12, requires_grad=True), torch.randint(0, 4, (2, 1, 16, 12))
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.7, lambda_ce=1.3)(x, y)
+    got = SoftmaxDiceCELoss(lambda_dice=0.7, lambda_ce=1.3)(x, y)
+    assert torch.equal(got, ref)
+    assert torch.equal(torch.autograd.grad(got, x)[0], torch.autograd.grad(ref, x)[0])
+
+
+def test_training_forward_and_loss_trace_as_one_graph_without_breaks():
+    """The network's training forward plus the total loss, with the modality mask as data (dropout as a mask, no
+    branch on its values): ``torch._dynamo.explain`` finds one graph and no break (no host synchronisation, no
+    data-dependent control flow), so ``torch.compile(fullgraph=True)`` and CUDA graphs can take the whole step."""
+    torch.manual_seed(0)
+    net = make_net().train()
+    loss = DiffMedLoss(num_modalities=4, teacher_dim=TINY_NET["teacher_dim"]).train()
+    x, y = torch.randn(2, 4, 32, 32), torch.randint(0, 4, (2, 1, 32, 32))
+    tokens, mask = torch.randn(2, 4, TINY_NET["teacher_dim"], 2, 2), torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]])
+
+    def step(x, y, tokens, mask):
+        return loss(net(x, modality_mask=mask, return_training_outputs=True), y, tokens, mask)["loss"]
+
+    explained = torch._dynamo.explain(step)(x, y, tokens, mask)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def _step_outputs_and_grads(net, x, mask, t, noise):
+    out = net(x, mask, return_training_outputs=True, timesteps=t, noise=noise)
+    sum((out[k].float() ** 2).mean() for k in ("pred", "denoised", "denoised_noisy", "u0")).backward()
+    return out, _named_grads(net)
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_batched_students_and_denoisers_equal_the_modules_called_in_turn(use_checkpoint):
+    """The stacked specific students and denoisers (one call each, both denoiser passes in one batch) give the
+    outputs and gradients of the ``ModuleList`` path, with the same ``state_dict`` keys (loads both ways); with
+    ``use_checkpoint`` against the path without it."""
+    torch.manual_seed(0)
+    old = make_net(batched=False).train()
+    new = make_net(batched=True, use_checkpoint=use_checkpoint).train()
+    assert isinstance(new.specific_students, ModalityStack) and isinstance(new.denoisers, ModalityStack)
+    assert new.state_dict().keys() == old.state_dict().keys()
+    new.load_state_dict(old.state_dict())
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    x, mask = torch.randn(2, 4, 32, 32), torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]])
+    t, noise = torch.tensor([5, 700]), torch.randn(2, 4, TINY_NET["teacher_dim"], 2, 2)
+    (ref, ref_grads), (got, grads) = (_step_outputs_and_grads(n, x, mask, t, noise) for n in (old, new))
+    for key in ("pred", "u0", "denoised", "denoised_noisy"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert grads.keys() == ref_grads.keys()
+    for name, ref_grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], ref_grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert any(float(grads[f"specific_students.{i}.swin.patch_embed.proj.weight"].abs().sum()) > 0 for i in range(4))
+    old.load_state_dict(new.state_dict())  # and back: the batched network's checkpoint loads into the ModuleList one
+    with torch.no_grad():
+        torch.testing.assert_close(new.eval()(x), old.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_student_checkpointing_gives_the_same_gradients():
+    """``use_checkpoint`` (MONAI's per-block checkpointing in the shared student and the fusion, the stacked call
+    of the specific students): the same gradients as without it."""
+    torch.manual_seed(0)
+    plain, ckpt = make_net().train(), make_net(use_checkpoint=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.shared_student.swin.layers1[0].blocks[0].use_checkpoint and ckpt.specific_students.checkpoint
+    x, mask = torch.randn(2, 4, 32, 32), torch.ones(2, 4)
+    t, noise = torch.tensor([3, 50]), torch.randn(2, 4, TINY_NET["teacher_dim"], 2, 2)
+    (_, ref), (_, got) = (_step_outputs_and_grads(n, x, mask, t, noise) for n in (plain, ckpt))
+    for name, g in ref.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_stacked_modules_run_concurrently_and_copy():
+    """``functional_call`` swaps a module's tensors while it runs: each thread gets its own template, so concurrent
+    calls (the CPU slice inferer's workers) give the single-thread result; the network deep-copies and pickles."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    net, x = make_net().eval(), torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda _: net(x), range(4)))
+        assert all(torch.equal(out, ref) for out in outs)
+        assert torch.equal(copy.deepcopy(net)(x), ref)

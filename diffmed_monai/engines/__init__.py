@@ -1,6 +1,5 @@
 """Training engine and checkpoint handlers for DiffMedDINOv3 bundles."""
 
-from .allocator import reuse_freed_memory
 from .checkpoint import (
     AtomicDiskSaver,
     BestModelCheckpoint,
@@ -15,7 +14,6 @@ from .checkpoint import (
 )
 from .cases import run_cases
 from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
-from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 from .progress import KDAgreement, ProgressPlot
 from .trainer import (
     DiffMedTrainer,
@@ -41,14 +39,11 @@ __all__ = [
     "ProgressPlot",
     "ResumableCheckpoint",
     "StopOnNonFiniteLoss",
-    "autocast_on_cpu",
     "check_checkpoint",
     "epoch_checkpoints",
     "loss_parts",
     "non_finite_tensors",
-    "reuse_freed_memory",
     "run_cases",
     "sample_modality_mask",
     "set_aside_earlier_run",
-    "store_frozen_linears_in",
 ]

@@ -23,8 +23,6 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from ..losses import LOSS_PARTS
-from .allocator import reuse_freed_memory as keep_freed_memory
-from .cpu_autocast import autocast_on_cpu, store_frozen_linears_in
 
 __all__ = [
     "DiffMedTrainer",
@@ -49,11 +47,13 @@ def sample_modality_mask(batch_size: int, num_modalities: int, p_drop: float, de
 class DistillationBatch(PrepareBatch):
     """``prepare_batch`` of the KD step: the batch on the device, the teacher tokens and the modality mask.
 
-    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M) or None})``, plus
+    Returns ``(image, label, (), {"teacher_tokens": (B, M, d, h, w), "modality_mask": (B, M)})``, plus
     ``"labelled"`` ``(B,)`` when the batch has it (semi-supervised training: 0 marks a sample with KD only). The
     teacher always sees every modality (no gradient; bf16 autocast on CUDA, and on a CPU when ``cpu_bf16``); while
     :attr:`dropout_active`, each modality of the student input is dropped with ``modality_dropout`` (zeroed, and
-    marked absent in the mask).
+    marked absent in the mask); otherwise the mask is all ones. The mask is always a tensor, so a compiled or
+    graph-captured step is one graph whether dropout is on or not (the network and the loss take it as data and
+    never branch on its values).
     """
 
     def __init__(self, teacher: nn.Module, modality_dropout: float = 0.0, cpu_bf16: bool = False) -> None:
@@ -71,10 +71,11 @@ class DistillationBatch(PrepareBatch):
         bf16 = device_type == "cuda" or (device_type == "cpu" and self.cpu_bf16)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             tokens = self.teacher(plain)
-        mask = None
         if self.dropout_active and self.modality_dropout > 0:
             mask = sample_modality_mask(plain.shape[0], plain.shape[1], self.modality_dropout, plain.device)
             image = image * mask[:, :, None, None]
+        else:  # every modality present: the same values as no mask, and the same graph as with dropout
+            mask = torch.ones(plain.shape[:2], dtype=torch.float32, device=plain.device)
         kwargs = {"teacher_tokens": tokens, "modality_mask": mask}
         if isinstance(batchdata, dict) and "labelled" in batchdata:  # semi-supervised: unlabelled samples get KD only
             kwargs["labelled"] = torch.as_tensor(batchdata["labelled"]).to(device=plain.device)
@@ -107,12 +108,20 @@ class DistillationInferer(Inferer):
 
     Returns the network's training dict (``pred``, ``u0``, ``denoised``, ``denoised_noisy``...) with
     ``teacher_tokens`` and ``modality_mask`` added, which is what :class:`DiffMedTrainer`'s loss reads.
+
+    ``cpu_bf16``: on a CPU, the network's forward pass runs under ``torch.autocast("cpu", torch.bfloat16)`` here,
+    the region MONAI's ``SupervisedTrainer`` autocasts around its inferer for ``amp`` on CUDA (config key
+    ``cpu_bf16``; inputs on another device are not touched). Backward stays outside it and the weights float32.
     """
+
+    def __init__(self, cpu_bf16: bool = False) -> None:
+        self.cpu_bf16 = bool(cpu_bf16)
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: nn.Module, teacher_tokens: torch.Tensor, modality_mask=None, labelled=None
     ) -> dict[str, Any]:
-        outputs = network(inputs, modality_mask=modality_mask, return_training_outputs=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and inputs.device.type == "cpu"):
+            outputs = network(inputs, modality_mask=modality_mask, return_training_outputs=True)
         return {**outputs, "teacher_tokens": teacher_tokens, "modality_mask": modality_mask, "labelled": labelled}
 
 
@@ -140,14 +149,12 @@ class DiffMedTrainer(SupervisedTrainer):
         modality_dropout: probability of dropping each modality from the student input (ShaSpec-style
             missing-modality training); the teacher always sees every modality.
         modality_dropout_warmup_epochs: full-modality epochs before dropout starts.
-        reuse_freed_memory: keep freed memory in the process for the next step
-            (:func:`~diffmed_monai.engines.reuse_freed_memory`, glibc only; the bundle sets it on a CPU, where it
-            makes a default-network step 1.45x faster by avoiding page faults).
         cpu_bf16: on a CPU, run the teacher, the forward pass and the loss under bf16 autocast, the region MONAI's
-            ``amp`` autocasts on CUDA (``amp`` itself autocasts on CUDA only); backward and optimiser step stay
-            outside it, the network's weights float32 (the frozen teacher's linear layers are stored in bf16,
-            :func:`~diffmed_monai.engines.store_frozen_linears_in`, which changes no result). Config key
-            ``cpu_bf16``, on where the CPU multiplies bf16 natively
+            ``amp`` autocasts on CUDA (``amp`` itself autocasts on CUDA only): the teacher in
+            :class:`DistillationBatch`, the network in :class:`DistillationInferer` (built with ``cpu_bf16`` when
+            ``inferer`` is not given; a given ``DistillationInferer`` must agree), the loss in this trainer's own
+            loss call. Backward and optimiser step stay outside it; every weight (the teacher's too) stays float32.
+            Config key ``cpu_bf16``, on where the CPU multiplies bf16 natively
             (:func:`~diffmed_monai.inferers.cpu_has_native_bf16`). Ignored on CUDA.
     """
 
@@ -159,35 +166,35 @@ class DiffMedTrainer(SupervisedTrainer):
         modality_dropout: float = 0.0,
         modality_dropout_warmup_epochs: int = 1,
         inferer: Inferer | None = None,
-        reuse_freed_memory: bool = False,
         cpu_bf16: bool = False,
         **kwargs: Any,
     ) -> None:
         if any(p.requires_grad for p in teacher.parameters()):
             raise ValueError("The teacher passed to DiffMedTrainer has trainable parameters; it must be frozen.")
-        if reuse_freed_memory:
-            keep_freed_memory()
+        if isinstance(inferer, DistillationInferer) and inferer.cpu_bf16 != bool(cpu_bf16):
+            raise ValueError(
+                f"`train#inferer#cpu_bf16` ({inferer.cpu_bf16}) and `train#trainer#cpu_bf16` ({bool(cpu_bf16)}) "
+                "differ: set both from the config key `cpu_bf16`."
+            )
         super().__init__(
             *args,
             loss_function=self._distillation_loss,
             prepare_batch=DistillationBatch(teacher, modality_dropout, cpu_bf16),
-            inferer=inferer if inferer is not None else DistillationInferer(),
+            inferer=inferer if inferer is not None else DistillationInferer(cpu_bf16),
             **kwargs,
         )
         self.teacher = teacher.to(self.state.device)
         self.total_loss = loss_function.to(self.state.device)  # its KD statistics are buffers
         self.cpu_bf16 = bool(cpu_bf16) and self.state.device.type == "cpu"
-        if self.cpu_bf16:
-            autocast_on_cpu(self)
-            store_frozen_linears_in(self.teacher, torch.bfloat16)  # the teacher runs only under this autocast
         self.modality_dropout_warmup_epochs = modality_dropout_warmup_epochs
         self.add_event_handler(Events.EPOCH_STARTED, self._update_modality_dropout)
         self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_logits_only)
 
     def _distillation_loss(self, outputs: dict[str, Any], label: torch.Tensor) -> torch.Tensor:
-        parts = self.total_loss(
-            outputs, label, outputs["teacher_tokens"], outputs["modality_mask"], outputs.get("labelled")
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):  # as MONAI autocasts its loss for amp
+            parts = self.total_loss(
+                outputs, label, outputs["teacher_tokens"], outputs["modality_mask"], outputs.get("labelled")
+            )
         outputs["loss_parts"] = {key: parts[key].detach() for key in LOSS_PARTS}
         return parts["loss"]
 

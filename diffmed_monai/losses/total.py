@@ -7,11 +7,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
+from monai.losses.utils import compute_tp_fp_fn
+from monai.networks import one_hot
 from torch import nn
 
 from .kd import DiffusionKDLoss
 
-__all__ = ["KD_MODES", "LOSS_PARTS", "DiffMedLoss"]
+__all__ = ["KD_MODES", "LOSS_PARTS", "DiffMedLoss", "SoftmaxDiceCELoss"]
 
 #: the parts of the total loss that :class:`DiffMedLoss` reports beside ``loss``
 LOSS_PARTS = ("loss_seg", "loss_kd", "loss_mse", "loss_kl")
@@ -20,8 +22,45 @@ LOSS_PARTS = ("loss_seg", "loss_kd", "loss_mse", "loss_kl")
 KD_MODES = ("diffusion", "regression")
 
 
+class SoftmaxDiceCELoss(DiceCELoss):
+    """MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` (its Dice and cross-entropy, mean reduction), with the
+    Dice's reduced axes taken from the input's rank in Python.
+
+    MONAI's ``DiceLoss`` builds them with ``torch.arange(...).tolist()``, a data-dependent operation that breaks a
+    ``torch.compile`` graph; everything else is MONAI's: ``one_hot``, ``compute_tp_fp_fn``, the smoothing terms and
+    ``DiceCELoss.ce``, in the same order of operations (the same values and gradients, a test).
+
+    Input: logits ``(B, C, H, W)``, ``target`` ``(B, 1, H, W)`` class indices, optional ``weight`` ``(B,)``: the
+    weighted mean of each sample's Dice and cross-entropy (semi-supervised training weighs unlabelled samples 0).
+    Output: a scalar.
+    """
+
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+        super().__init__(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if input.dim() != target.dim() or target.shape[1] != 1 or input.shape[1] < 2:
+            raise ValueError(f"Segmentation loss: logits (B, C>=2, ...) and labels (B, 1, ...) expected, got "
+                             f"{tuple(input.shape)} and {tuple(target.shape)}.")
+        dice = self.dice
+        probs = torch.softmax(input, 1)
+        tp, fp, fn = compute_tp_fp_fn(probs, one_hot(target, num_classes=input.shape[1]), list(range(2, input.dim())),
+                                      1, dice.soft_label)
+        fp *= 0.5
+        fn *= 0.5
+        dice_bc = 1 - (2 * tp + dice.smooth_nr) / (2 * (tp + fp + fn) + dice.smooth_dr)  # (B, C)
+        if weight is None:
+            return self.lambda_dice * torch.mean(dice_bc) + self.lambda_ce * self.ce(input, target)
+        ce = self.cross_entropy
+        ce_b = F.cross_entropy(input, target[:, 0].long(), weight=ce.weight, reduction="none",
+                               label_smoothing=ce.label_smoothing).flatten(1).mean(1)  # (B,)
+        per_sample = self.lambda_dice * dice_bc.mean(1) + self.lambda_ce * ce_b
+        return (weight * per_sample).sum() / weight.sum().clamp(min=1.0)
+
+
 class DiffMedLoss(nn.Module):
-    """Total loss ``lambda_kd * L_KD + L_seg`` (Eq. 13) with ``L_seg`` = MONAI ``DiceCELoss`` (Eq. 12).
+    """Total loss ``lambda_kd * L_KD + L_seg`` (Eq. 13) with ``L_seg`` = MONAI ``DiceCELoss`` (Eq. 12, through
+    :class:`SoftmaxDiceCELoss`, which ``torch.compile`` traces whole).
 
     ``kd_mode="diffusion"`` (the paper): L_KD is averaged over the two denoised features the network produces,
     ``D(u_t, t)`` at a random t (the DDPM objective) and ``D(u0, seg_timestep)`` (the deterministic feature the
@@ -74,22 +113,23 @@ class DiffMedLoss(nn.Module):
         names = modalities if modalities is not None else range(num_modalities)
         self.modalities = [str(m) for m in names]
         self.kd = DiffusionKDLoss(num_modalities, teacher_dim, lambda_kl, tau, standardize_teacher, ema_momentum)
-        self.seg = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
-        self._cos_sum = torch.zeros(num_modalities, dtype=torch.float64)
-        self._cos_count = torch.zeros(num_modalities, dtype=torch.float64)
+        self.seg = SoftmaxDiceCELoss(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        # running agreement sums on the loss's device (no host synchronisation in the step), not checkpointed
+        self.register_buffer("_cos_sum", torch.zeros(num_modalities, dtype=torch.float64), persistent=False)
+        self.register_buffer("_cos_count", torch.zeros(num_modalities, dtype=torch.float64), persistent=False)
 
     def segmentation(self, pred: torch.Tensor, label: torch.Tensor, labelled: torch.Tensor | None) -> torch.Tensor:
-        """Dice-CE over the labelled samples (all when ``labelled`` is None); ``pred`` ``(B, C, H, W)``."""
+        """Dice-CE over the labelled samples; ``pred`` ``(B, C, H, W)``, ``labelled`` ``(B,)`` or ``None`` (all).
+
+        Unlabelled samples get weight 0 rather than being indexed out, so the shapes stay static (no host
+        synchronisation; the step can be captured whole); with no labelled sample the loss is 0, graph kept (DDP).
+        """
         if labelled is None:
             return self.seg(pred.float(), label)
-        keep = torch.as_tensor(labelled, device=pred.device).reshape(-1) > 0
-        if keep.numel() != pred.shape[0]:
-            raise ValueError(f"`labelled` has {keep.numel()} entries for a batch of {pred.shape[0]} samples.")
-        if bool(keep.all()):
-            return self.seg(pred.float(), label)
-        if not bool(keep.any()):
-            return pred.float().sum() * 0.0  # no labelled sample: no segmentation signal, graph kept (DDP)
-        return self.seg(pred[keep].float(), label[keep])
+        weight = torch.as_tensor(labelled, device=pred.device).reshape(-1).float()
+        if weight.numel() != pred.shape[0]:
+            raise ValueError(f"`labelled` has {weight.numel()} entries for a batch of {pred.shape[0]} samples.")
+        return self.seg(pred.float(), label, weight)
 
     def forward(
         self,
@@ -131,15 +171,14 @@ class DiffMedLoss(nn.Module):
     def _track_agreement(self, feature: torch.Tensor, target: torch.Tensor, modality_mask: torch.Tensor | None) -> None:
         cos = F.cosine_similarity(feature.float(), target, dim=2).mean(dim=(2, 3))  # (B, M)
         weight = torch.ones_like(cos) if modality_mask is None else modality_mask.to(cos.dtype)
-        self._cos_sum += (cos * weight).sum(0).detach().double().cpu()
-        self._cos_count += weight.sum(0).detach().double().cpu()
+        self._cos_sum += (cos * weight).sum(0).double()
+        self._cos_count += weight.sum(0).double()
 
     def agreement(self, reset: bool = True) -> dict[str, float]:
         """``{modality: mean cosine}`` between the KD-trained feature and the standardised teacher tokens since
         the last reset (training batches only); modalities never present are left out."""
-        result = {
-            name: float(s / c) for name, s, c in zip(self.modalities, self._cos_sum, self._cos_count) if c > 0
-        }
+        sums, counts = self._cos_sum.cpu().tolist(), self._cos_count.cpu().tolist()
+        result = {name: s / c for name, s, c in zip(self.modalities, sums, counts) if c > 0}
         if reset:
             self._cos_sum.zero_()
             self._cos_count.zero_()

@@ -4,15 +4,15 @@ from .decoders import MLPDecoder, MultiScaleMLPDecoder, build_decoder
 from .denoiser import TokenDenoiser
 from .diffmed import DiffMedDINOv3
 from .fusion import ModalityProjection, SwinFusion
+from .stack import ModalityStack
 from .students import SwinStudent
 from .teacher import TEACHER_ARCHS, DINOv3Teacher, build_hf_teacher_model, build_timm_teacher_model, teacher_width
-from .window_attention import LogitsDtypeWindowAttention, use_logits_dtype_bias
 
 __all__ = [
     "DINOv3Teacher",
     "DiffMedDINOv3",
-    "LogitsDtypeWindowAttention",
     "MLPDecoder",
+    "ModalityStack",
     "ModalityProjection",
     "MultiScaleMLPDecoder",
     "SwinFusion",
@@ -23,5 +23,4 @@ __all__ = [
     "build_hf_teacher_model",
     "build_timm_teacher_model",
     "teacher_width",
-    "use_logits_dtype_bias",
 ]

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import TransformerBlock
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-__all__ = ["TokenDenoiser"]
+__all__ = ["TokenDenoiser", "sincos_position_embedding"]
+
+
+def sincos_position_embedding(h: int, w: int, width: int, device=None, temperature: float = 10000.0) -> torch.Tensor:
+    """``(1, h*w, width)`` 2D sin-cos position embedding, the values of MONAI's ``build_sincos_position_embedding``
+    (``spatial_dims=2``), made as a plain tensor on ``device``: MONAI's returns an ``nn.Parameter``, whose
+    construction inside a compiled forward is a graph break, and builds it on the CPU (a host-to-device copy per
+    call on a GPU)."""
+    if width % 4:
+        raise ValueError(f"The denoiser width {width} (`network_def#denoiser_width`) must be divisible by 4.")
+    grid_h, grid_w = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=device), torch.arange(w, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
+    pos_dim = width // 4
+    omega = 1.0 / (temperature ** (torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim))
+    out_h = grid_h.flatten()[:, None] * omega[None, :]
+    out_w = grid_w.flatten()[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)], dim=1)[None]
 
 
 class TokenDenoiser(nn.Module):
@@ -44,7 +61,7 @@ class TokenDenoiser(nn.Module):
     def forward(self, u_t: torch.Tensor, t: torch.Tensor, sqrt_alpha_bar: torch.Tensor) -> torch.Tensor:
         b, d, h, w = u_t.shape
         tokens = u_t.flatten(2).transpose(1, 2)  # (B, N, d)
-        pos = build_sincos_position_embedding([h, w], self.width, spatial_dims=2).to(tokens)
+        pos = sincos_position_embedding(h, w, self.width, device=tokens.device).to(tokens.dtype)
         temb = self.time_mlp(get_timestep_embedding(t, self.width).to(tokens))  # (B, width)
         x = self.inp(tokens) + pos + temb[:, None, :]
         for block in self.blocks:

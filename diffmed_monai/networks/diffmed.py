@@ -12,6 +12,7 @@ from torch import nn
 from .decoders import build_decoder
 from .denoiser import TokenDenoiser
 from .fusion import ModalityProjection, SwinFusion
+from .stack import ModalityStack
 from .students import SwinStudent
 
 __all__ = ["DiffMedDINOv3"]
@@ -50,7 +51,15 @@ class DiffMedDINOv3(nn.Module):
         decoder_full_resolution: channels of the ``mlp_multiscale`` decoder's full-resolution path, a residual
             convolution block on the input slices whose features refine the upsampled decoder map (0: off, the
             decoder sees stride 4 at its finest). Absent modalities enter it as zero channels.
-        use_checkpoint: gradient checkpointing in the Swin students.
+        use_checkpoint: activation checkpointing of the Swin students and the fusion stage: MONAI's
+            ``use_checkpoint`` (each block's activations recomputed in backward instead of kept) in the shared
+            student and the fusion, and the stacked specific students' call as a whole
+            (:class:`~.stack.ModalityStack`); the same values and gradients, less memory, more compute. Config key
+            ``network_def#use_checkpoint``.
+        batched: the M modality-specific students, and the M denoisers, stored as stacked weights and run as one
+            call each (:class:`~.stack.ModalityStack`), both denoiser passes (the deterministic ``seg_timestep`` pass
+            and the noisy one) in one doubled batch: fewer, larger kernels. The same ``state_dict`` keys, values and
+            gradients as ``False`` (a ``ModuleList`` of modules called in turn; tests compare the two).
         check_inputs: validate shapes at each call, and in eval mode finiteness too (a host sync; training
             data is checked before training starts); skipped while tracing or compiling.
         use_flash_attention: MONAI's fused (``scaled_dot_product_attention``) window attention in the students and
@@ -90,6 +99,7 @@ class DiffMedDINOv3(nn.Module):
         use_checkpoint: bool = False,
         check_inputs: bool = True,
         use_flash_attention: bool = False,
+        batched: bool = True,
     ) -> None:
         super().__init__()
         modalities = [str(m) for m in modalities]
@@ -107,6 +117,7 @@ class DiffMedDINOv3(nn.Module):
         self.num_classes = num_classes
         self.teacher_dim = teacher_dim
         self.check_inputs = check_inputs
+        self.batched = bool(batched)
         self.max_train_timestep = num_train_timesteps - 1 if max_train_timestep is None else int(max_train_timestep)
         if not 1 <= seg_timestep <= self.max_train_timestep < num_train_timesteps:
             raise ValueError(
@@ -120,19 +131,25 @@ class DiffMedDINOv3(nn.Module):
             drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, use_flash_attention=use_flash_attention,
         )
         self.shared_student = SwinStudent(**student_kw)
-        self.specific_students = nn.ModuleList(SwinStudent(**student_kw) for _ in modalities)
+        # stacked students are checkpointed as one call (MONAI's per-block checkpointing cannot run under vmap)
+        students = [SwinStudent(**{**student_kw, "use_checkpoint": use_checkpoint and not self.batched})
+                    for _ in modalities]
+        self.specific_students = (
+            ModalityStack(students, checkpoint=use_checkpoint) if self.batched else nn.ModuleList(students)
+        )
         c4, c8, c16 = self.shared_student.out_channels
         self.fusion = SwinFusion(
             c16, num_heads=fusion_heads, window_size=window_size, depth=fusion_depth,
-            use_flash_attention=use_flash_attention,
+            use_flash_attention=use_flash_attention, use_checkpoint=use_checkpoint,
         )
         self.projection = ModalityProjection(self.num_modalities, c16, teacher_dim)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule)
         self.register_buffer("sqrt_alpha_bar", self.scheduler.alphas_cumprod.float().sqrt(), persistent=False)
-        self.denoisers = nn.ModuleList(
+        denoisers = [
             TokenDenoiser(teacher_dim, width=denoiser_width, depth=denoiser_depth, num_heads=denoiser_heads)
             for _ in modalities
-        )
+        ]
+        self.denoisers = ModalityStack(denoisers) if self.batched else nn.ModuleList(denoisers)
         m = self.num_modalities
         self.decoder_name = decoder
         self.decoder = build_decoder(
@@ -187,8 +204,12 @@ class DiffMedDINOv3(nn.Module):
         """
         b, m, h, w = image.shape
         a4, a8, a16 = self.shared_student(image.reshape(b * m, 1, h, w))  # one batched call for all modalities
-        spec = [student(image[:, i : i + 1]) for i, student in enumerate(self.specific_students)]
-        h4, h8, h16 = (torch.stack([s[k] for s in spec], dim=1).flatten(0, 1) for k in range(3))
+        if self.batched:  # (B, M, C, h, w) per map: modality i through student i, one call
+            spec = self.specific_students(image.unsqueeze(2), in_dim=1, out_dim=1)
+            h4, h8, h16 = (s.flatten(0, 1) for s in spec)
+        else:
+            spec = [student(image[:, i : i + 1]) for i, student in enumerate(self.specific_students)]
+            h4, h8, h16 = (torch.stack([s[k] for s in spec], dim=1).flatten(0, 1) for k in range(3))
         fused = self.fusion(a16, h16)  # (B*M, C, h, w)
         u0 = self.projection(fused.unflatten(0, (b, m)))
         u0 = _substitute_absent(u0, modality_mask)
@@ -200,6 +221,8 @@ class DiffMedDINOv3(nn.Module):
     def denoise(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-modality denoisers: ``u`` ``(B, M, d, h, w)``, ``t`` ``(B,)`` -> x0 estimate ``(B, M, d, h, w)``."""
         sab = self.sqrt_alpha_bar[t]
+        if self.batched:  # modality i through denoiser i, one call
+            return self.denoisers(u, t, sab, in_dim=1, out_dim=1)
         return torch.stack([den(u[:, i], t, sab) for i, den in enumerate(self.denoisers)], dim=1)
 
     def decode(
@@ -245,16 +268,19 @@ class DiffMedDINOv3(nn.Module):
         b = image.shape[0]
         u0, skips = self.encode(image, modality_mask)
         t_seg = torch.full((b,), self.seg_timestep, dtype=torch.long, device=image.device)
-        denoised = self.denoise(u0, t_seg)
-        pred = self.decode(denoised, skips, image, modality_mask)
         if not return_training_outputs:
-            return pred
+            return self.decode(self.denoise(u0, t_seg), skips, image, modality_mask)
         if timesteps is None:
             timesteps = torch.randint(1, self.max_train_timestep + 1, (b,), device=image.device)
         if noise is None:
             noise = torch.randn_like(u0, dtype=torch.float32)
         noised = self.scheduler.add_noise(u0.float(), noise, timesteps)
-        denoised_noisy = self.denoise(noised, timesteps)
+        if self.batched:  # both passes of every denoiser in one call: the batch doubled
+            both = self.denoise(torch.cat([u0.to(noised.dtype), noised]), torch.cat([t_seg, timesteps]))
+            denoised, denoised_noisy = both.split(b)
+        else:
+            denoised, denoised_noisy = self.denoise(u0, t_seg), self.denoise(noised, timesteps)
+        pred = self.decode(denoised, skips, image, modality_mask)
         return {
             "pred": pred,
             "u0": u0,

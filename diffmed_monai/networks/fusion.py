@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import BasicLayer
 from torch import nn
 
-from .window_attention import use_logits_dtype_bias
-
 __all__ = ["ModalityProjection", "SwinFusion"]
 
 
@@ -19,14 +17,20 @@ class SwinFusion(nn.Module):
     gracefully to the shared one. One module serves every modality (applied to the batch of all modalities).
 
     ``use_flash_attention``: MONAI's fused (``scaled_dot_product_attention``) window attention when no gradient
-    is recorded (inference and validation); in training under CPU autocast the bias joins the logits in their dtype
-    (:class:`~.window_attention.LogitsDtypeWindowAttention`).
+    is recorded (inference and validation); MONAI's explicit attention in training. ``use_checkpoint``: MONAI's
+    activation checkpointing of each block.
 
     Input: ``shared, specific`` each ``(N, C, h, w)``. Output: ``(N, C, h, w)``.
     """
 
     def __init__(
-        self, channels: int, num_heads: int = 8, window_size: int = 8, depth: int = 2, use_flash_attention: bool = False
+        self,
+        channels: int,
+        num_heads: int = 8,
+        window_size: int = 8,
+        depth: int = 2,
+        use_flash_attention: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = BasicLayer(
@@ -38,8 +42,8 @@ class SwinFusion(nn.Module):
             qkv_bias=True,
             downsample=None,
             use_flash_attention=use_flash_attention,
+            use_checkpoint=use_checkpoint,
         )
-        use_logits_dtype_bias(self.blocks)
         self.norm = nn.LayerNorm(2 * channels)
         self.proj = nn.Linear(2 * channels, channels)
 

@@ -8,8 +8,6 @@ import torch
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
-from .window_attention import use_logits_dtype_bias
-
 __all__ = ["SwinStudent"]
 
 
@@ -25,8 +23,8 @@ class SwinStudent(nn.Module):
         depths, num_heads: blocks and heads of the four stages.
         window_size: attention window (8 avoids padding at 256 px).
         use_flash_attention: MONAI's fused (``scaled_dot_product_attention``) window attention when no gradient is
-            recorded (inference and validation); training keeps MONAI's explicit attention, under CPU autocast with
-            its bias in the logits' dtype (:class:`~.window_attention.LogitsDtypeWindowAttention`).
+            recorded (inference and validation); training keeps MONAI's explicit attention (MONAI's classes as
+            they ship, nothing swapped after construction).
 
     Input: ``(N, in_channels, H, W)``, H and W multiples of 16.
     Output: tuple ``(s4 (N, 2F, H/4, W/4), s8 (N, 4F, H/8, W/8), s16 (N, 8F, H/16, W/16))``, each layer-normalised
@@ -62,7 +60,6 @@ class SwinStudent(nn.Module):
         )
         # Keep the last stage at stride 16: its blocks then refine the map aligned with the teacher grid.
         self.swin.layers4[0].downsample = None
-        use_logits_dtype_bias(self.swin)
 
     @property
     def out_channels(self) -> tuple[int, int, int]:
