@@ -13,6 +13,8 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from .utils import TOKEN_STRIDE
+
 __all__ = ["FLIP_DIMS", "ForegroundSliceInferer", "SliceNetwork", "cpu_has_native_bf16", "default_cpu_workers"]
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class ForegroundSliceInferer(SliceInferer):
         flip_tta: bool = False,
         cpu_bf16: bool = False,
         crop_slices: bool = False,
-        slice_multiple: int = 16,
+        slice_multiple: int = TOKEN_STRIDE,
         cpu_workers: int = 1,
         **kwargs: Any,
     ) -> None:

@@ -41,7 +41,7 @@ def test_shapes(m, decoder, full_resolution):
     net = make_net(modalities=[f"mod{i}" for i in range(m)], decoder=decoder, decoder_full_resolution=full_resolution)
     x = torch.randn(2, m, 64, 48)
     assert net(x).shape == (2, 4, 64, 48)
-    out = net.training_outputs(x)
+    out = net(x, return_training_outputs=True)
     assert out["pred"].shape == (2, 4, 64, 48)
     for key in ("u0", "noised", "denoised", "denoised_noisy"):
         assert out[key].shape == (2, m, 32, 4, 3), key

@@ -23,9 +23,8 @@ def untracked_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of the training ``DataLoader``: MONAI's own (a different seed for the random transforms of
     each worker) after switching MetaTensor tracking off in that worker process (``monai.data.set_track_meta``).
 
-    The slice transforms need no metadata (nothing is inverted), and on plain tensors MONAI's transforms of a
-    4 x 256 x 256 slice ran 1.7x faster (transforms alone, one core). Only the worker processes change; the main
-    process keeps tracking.
+    The slice transforms need no metadata (nothing is inverted), and MONAI's transforms run with less work on plain
+    tensors (``docs/benchmarks.md``). Only the worker processes change; the main process keeps tracking.
     """
     set_track_meta(False)
     worker_init_fn(worker_id)

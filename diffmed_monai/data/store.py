@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from ..utils import UnsafeNameError, case_id_of, fsync_dir, grid_problems
+from .checks import check_case
 
 __all__ = [
     "STORE_FORMAT_VERSION",
@@ -689,8 +690,6 @@ def _write_case(job: _Job, case: dict, case_id: str, replace: bool) -> dict:
     """Check, transform and write one case atomically; return ``{"case_id", "ok", "reason" | "seconds", "bytes"}``."""
     from monai.transforms import Compose
     from monai.utils import convert_to_numpy
-
-    from .checks import check_case
 
     started = time.perf_counter()
     sources = _source_files(case, job.base_dir)

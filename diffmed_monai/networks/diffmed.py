@@ -9,6 +9,7 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
+from ..utils import TOKEN_STRIDE
 from .decoders import build_decoder
 from .denoiser import TokenDenoiser
 from .fusion import ModalityProjection, SwinFusion
@@ -64,7 +65,7 @@ class DiffMedDINOv3(nn.Module):
             data is checked before training starts); skipped while tracing or compiling.
         use_flash_attention: MONAI's fused (``scaled_dot_product_attention``) window attention in the students and
             the fusion stage whenever no gradient is recorded (inference, validation); same parameters and results
-            (to fp tolerance). On in the shipped configs: faster inference, see ``docs/benchmarks.md``.
+            (to fp tolerance). On in the shipped configs (its speed: ``docs/benchmarks.md``).
 
     Forward input: ``image`` ``(B, M, H, W)``, H and W multiples of 16; optional ``modality_mask`` ``(B, M)``
     (1 present, 0 absent: the absent branch is replaced by the mean of the present modalities' features).
@@ -72,7 +73,7 @@ class DiffMedDINOv3(nn.Module):
     :meth:`forward`).
     """
 
-    stride = 16
+    stride = TOKEN_STRIDE
 
     def __init__(
         self,
@@ -233,19 +234,6 @@ class DiffMedDINOv3(nn.Module):
         if modality_mask is not None:
             image = image * modality_mask.to(image.dtype)[:, :, None, None]
         return self.decoder(denoised.flatten(1, 2), skips, image.shape[-2:], image=image)
-
-    def training_outputs(
-        self,
-        image: torch.Tensor,
-        modality_mask: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """What training needs: ``forward(..., return_training_outputs=True)`` (see :meth:`forward`).
-
-        Under DDP call the wrapper with ``return_training_outputs=True`` instead, so gradients are synchronised.
-        """
-        return self(image, modality_mask, return_training_outputs=True, timesteps=timesteps, noise=noise)
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -9,6 +9,8 @@ import os
 import torch
 from torch import nn
 
+from ..utils import TOKEN_STRIDE
+
 __all__ = ["DINOv3Teacher", "TEACHER_ARCHS", "build_hf_teacher_model", "build_timm_teacher_model", "teacher_width"]
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ class DINOv3Teacher(nn.Module):
     RoPE coordinates in train mode) and has no trainable parameters.
     """
 
-    patch_size = 16
+    patch_size = TOKEN_STRIDE
 
     def __init__(
         self, weights_path: str | None = None, arch: str = "vitb16", backend: str = "auto", random_init: bool = False
