@@ -173,7 +173,7 @@ def test_ddp_two_processes_on_cpu_read_disjoint_shards_of_the_store(demo_data, t
     record.write_text(json.dumps({
         "+imports": ["$from tests.helpers import RecordSlices"],
         "train#trainer#train_handlers": "$[RecordSlices(os.path.join(@bundle_root, 'rank{rank}.json'))]"
-                                        " + (@train#handlers[:2] if dist.get_rank() > 0 else @train#handlers)",
+                                        " + (@train#handlers[:3] if dist.get_rank() > 0 else @train#handlers)",
     }))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",

@@ -248,8 +248,7 @@ def probe_teacher(
                          "to a Hugging Face DINOv3ViTModel folder or a timm/Meta checkpoint.")
     if datalist is None:
         if dataset_dir is None:
-            raise ValueError("Give `dataset_dir` (with datalist.json) or `datalist` "
-                             "(options --dataset_dir, --datalist).")
+            raise ValueError("Give `dataset_dir` (with datalist.json) or `datalist` (options --dataset_dir, --datalist).")
         datalist = os.path.join(dataset_dir, "datalist.json")
     if not os.path.isfile(datalist):
         raise FileNotFoundError(f"Datalist {datalist} does not exist (option --datalist / --dataset_dir).")
