@@ -15,11 +15,9 @@ as its script runs it, in its order, from the zoo root with ``PYTHONPATH`` the z
 * ``code format`` (the code-format workflow, ``runtests.sh --codeformat``): isort, black and flake8 with the
   checkout's ``setup.cfg`` / ``pyproject.toml`` on the bundle's ``scripts/`` and the unit test (this Python; needs
   the dev extra);
-* ``premerge-cpu`` (``ci/run_premerge_cpu.sh``): ``pip install -r requirements.txt`` and ``pip install jsonschema
-  gdown pyyaml``; ``ci/prepare_schema.py``; ``ci/get_bundle_requirements.py --b <name> --requirements_file
-  requirements_<name>.txt``; a new virtual environment ``model_zoo_venv`` with ``pip install --upgrade pip wheel``,
-  ``--upgrade setuptools``, ``jsonschema gdown pyyaml parameterized fire`` and ``pip install --pre -r
-  requirements_<name>.txt``; ``ci/verify_bundle.py -b <name> -m min``;
+* ``premerge-cpu`` (``ci/run_premerge_cpu.sh``): ``pip install -r requirements.txt``; ``ci/prepare_schema.py``;
+  ``pip install -r requirements-dev.txt``; ``ci/get_bundle_requirements.py --b <name>`` and ``pip install --pre -r``
+  the file it names; ``ci/verify_bundle.py -b <name> -m min``;
 * ``premerge-gpu`` (``ci/run_premerge_gpu.sh``): a new ``model_zoo_venv`` with ``pip install --upgrade pip wheel``
   and ``pip install -r requirements-dev.txt``; ``ci/get_bundle_requirements.py --b <name>`` and ``pip install --pre
   -r`` the file it names; the bundle's extra install script if the zoo lists one; ``ci/verify_bundle.py --b <name>``
@@ -125,28 +123,22 @@ def _new_venv(root: Path, py: str, results: list, env: dict) -> str | None:
 
 
 def _premerge_cpu(root: Path, bundle: Path, name: str, py: str, install: bool, env: dict, results: list) -> None:
+    """``verify_bundle`` of ``ci/run_premerge_cpu.sh`` for one changed bundle, in its order (no venv there)."""
     if install:
         _run("pip install -r requirements.txt", [py, "-m", "pip", "install", "-r", "requirements.txt"], root,
              results, env)
-        _run("pip install jsonschema gdown pyyaml", [py, "-m", "pip", "install", "jsonschema", "gdown", "pyyaml"],
-             root, results, env)
     _prepare_schema(root, bundle, name, py, env, results)
-    req_file = f"requirements_{name}.txt"
-    _run("get_bundle_requirements", [py, "ci/get_bundle_requirements.py", "--b", name, "--requirements_file",
-                                     req_file], root, results, env)
-    vpy = py
     if install:
-        vpy = _new_venv(root, py, results, env) or py
-        for args in (["--upgrade", "pip", "wheel"], ["--upgrade", "setuptools"],
-                     ["jsonschema", "gdown", "pyyaml", "parameterized", "fire"]):
-            _run(f"venv: pip install {' '.join(args)}", [vpy, "-m", "pip", "install", *args], root, results, env)
-        if (root / req_file).is_file() and (root / req_file).stat().st_size > 0:
-            _run(f"venv: pip install --pre -r {req_file}", [vpy, "-m", "pip", "install", "--pre", "-r", req_file],
-                 root, results, env)
-    else:
-        _skip("pip install (requirements, venv)", "--install False: --python holds them", results)
-    _run("verify_bundle -m min", [vpy, "ci/verify_bundle.py", "-b", name, "-m", "min"], root, results, env)
-    shutil.rmtree(root / "model_zoo_venv", ignore_errors=True)
+        _run("pip install -r requirements-dev.txt", [py, "-m", "pip", "install", "-r", "requirements-dev.txt"], root,
+             results, env)
+    out = _run("get_bundle_requirements", [py, "ci/get_bundle_requirements.py", "--b", name], root, results, env)
+    requirements = out.strip().splitlines()[-1] if out and out.strip() else ""
+    if install and requirements:
+        _run(f"pip install --pre -r {requirements}", [py, "-m", "pip", "install", "--pre", "-r", requirements],
+             root, results, env)
+    elif requirements:
+        _skip(f"pip install --pre -r {requirements}", "--install False: --python holds them", results)
+    _run("verify_bundle -m min", [py, "ci/verify_bundle.py", "-b", name, "-m", "min"], root, results, env)
 
 
 def _premerge_gpu(root: Path, name: str, py: str, install: bool, env: dict, results: list) -> None:
