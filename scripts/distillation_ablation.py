@@ -49,10 +49,10 @@ import fire
 import numpy as np
 import torch
 
-from diffmed_monai.cli import BUNDLE_DIR
+from diffmed_monai.cli import BUNDLE_DIR, PRESETS_DIR
 from diffmed_monai.data import make_demo_dataset, scan_brats, write_datalist
 from diffmed_monai.data.demo import DEMO_MODALITIES as DEMO_MODALITIES_ORDER
-from diffmed_monai.data.store import case_id_of
+from diffmed_monai.data import case_id_of
 from diffmed_monai.transforms.io import output_path_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -247,7 +247,7 @@ def main(
         raise ValueError(f"Unknown variants {unknown} (option --variants); choose from {list(VARIANTS)}.")
     presets = [presets] if isinstance(presets, str) else list(presets)
     configs = BUNDLE_DIR / "configs"
-    preset_files = [str(p if str(p).endswith(".json") else configs / "presets" / f"{p}.json") for p in presets]
+    preset_files = [str(p if str(p).endswith(".json") else PRESETS_DIR / f"{p}.json") for p in presets]
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -388,7 +388,7 @@ def diagnose(
     x_fit, y_fit = torch.cat([s for s, _ in fit]), _seg_labels(torch.cat([r for _, r in fit]))
     x_eval = torch.cat([s for s, _ in held])
     z_fit, z_eval = teacher(x_fit), teacher(x_eval)
-    preset = json.loads((BUNDLE_DIR / "configs" / "presets" / "tiny.json").read_text())
+    preset = json.loads((PRESETS_DIR / "tiny.json").read_text())
     net_kwargs = {k.split("#", 1)[1]: v for k, v in preset.items() if k.startswith("network_def#")}
     report: dict = {"settings": {"teacher": weights, "steps": steps, "batch_size": batch_size, "lr": learning_rate,
                                  "fit_slices": len(x_fit), "eval_slices": len(x_eval), "seed": seed}}
@@ -406,7 +406,7 @@ def diagnose(
     for mode in modes:
         torch.manual_seed(seed)
         net = DiffMedDINOv3(modalities=list(DEMO_MODALITIES_ORDER), num_classes=4, teacher_dim=z_fit.shape[2],
-                            **net_kwargs)
+                            **{**net_kwargs, "batched": False})  # students called in turn: fused() reads each
         kd_mode = "regression" if mode == "regression" else "diffusion"
         loss = DiffMedLoss(4, z_fit.shape[2], lambda_kd=0.0 if mode == "seg_only" else 1.0, kd_mode=kd_mode,
                            lambda_feature=1.0 if mode == "diffusion_feature" else 0.0)

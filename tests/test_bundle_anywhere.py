@@ -55,6 +55,7 @@ def test_repository_bundle_loads_and_infers_from_another_directory(tmp_path, mon
     data, datalist = cases
     bundles = tmp_path / "bundles"
     shutil.copytree(BUNDLE, bundles / NAME, ignore=shutil.ignore_patterns("models", "eval", "store", "predictions"))
+    shutil.copytree(PRESETS, bundles / NAME / "configs" / "presets")  # where the packed zip has them
     (bundles / NAME / "models").mkdir()
     state = _tiny_state_dict()
     torch.save(state, bundles / NAME / "models" / "model.pt")

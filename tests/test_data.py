@@ -428,6 +428,6 @@ def test_make_demo_data_cli(tmp_path, caplog):
     path = make_demo_data(str(tmp_path / "d"), num_cases=2, shape=(32, 32, 24), val_fraction=0.5)
     content = json.loads(open(path).read())
     assert len(content["training"]) == 1 and len(content["validation"]) == 1
-    assert "Wrote 2 synthetic demo case(s)" in caplog.text
+    assert "Wrote 2 synthetic easy demo case(s)" in caplog.text
     with pytest.raises(ValueError, match="already exists"):
         make_demo_data(str(tmp_path / "d"), num_cases=2, shape=(32, 32, 24))
