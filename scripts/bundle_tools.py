@@ -25,7 +25,6 @@ its SHA-256 against :data:`SCHEMA_SHA256`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from diffmed_monai.utils import sha256_file
 
 __all__ = [
     "BundleCheckReport",
@@ -103,14 +104,6 @@ PACKED_FOLDERS = ("configs", "docs", "scripts")
 def _read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _error_text(err: BaseException, limit: int = 400) -> str:
@@ -625,7 +618,7 @@ def pack_bundle(
             (stage / "models").mkdir(parents=True, exist_ok=True)
             torch.save(state, stage / "models" / "model.pt")
             files = [f for f in files if f not in WEIGHT_FILES] + ["models/model.pt"]
-            digest = _sha256(stage / "models" / "model.pt")
+            digest = sha256_file(stage / "models" / "model.pt")
             entry = next((e for e in large_entries if Path(str(e["path"])).as_posix() == "models/model.pt"), None)
             if weights_url is not None:
                 large_entries = [e for e in large_entries if e is not entry]

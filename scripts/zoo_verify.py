@@ -46,11 +46,12 @@ from pathlib import Path
 
 import fire
 
+from diffmed_monai.utils import sha256_file
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_tools import (  # noqa: E402
     RESOURCES,
     SCHEMA_SHA256,
-    _sha256,
     local_schema_path,
     pack_bundle,
     zoo_code_format,
@@ -104,7 +105,7 @@ def _prepare_schema(root: Path, bundle: Path, name: str, py: str, env: dict, res
         _run("prepare schema", [py, "ci/prepare_schema.py", "--l", name], root, results, env)
         return
     schema = local_schema_path(schema_url)
-    if schema is None or _sha256(schema) != SCHEMA_SHA256.get(schema.name):
+    if schema is None or sha256_file(schema) != SCHEMA_SHA256.get(schema.name):
         raise FileNotFoundError(f"{schema_url} is unreachable and {RESOURCES} holds no checked copy of it.")
     (bundle / "eval").mkdir(exist_ok=True)
     shutil.copyfile(schema, bundle / "eval" / "schema.json")

@@ -122,18 +122,10 @@ def test_kill_during_best_model_update_keeps_the_best_model(small_data, tmp_path
 
 
 def test_resume_never_replaces_the_best_model_with_a_worse_one(tmp_path):
-    from ignite.engine import Engine
-
     from diffmed_monai.engines import BestModelCheckpoint
 
     net = torch.nn.Linear(2, 2)
-
-    def validate(handler, score, epoch):
-        engine = Engine(lambda e, b: None)
-        handler.attach(engine)
-        engine.state.metrics, engine.state.key_metric_name, engine.state.epoch = {"dice": score}, "dice", epoch
-        handler(engine)
-        return engine
+    validate = _validate
 
     validate(BestModelCheckpoint(str(tmp_path), net), 0.130, 1)
     best = (tmp_path / "model.pt").read_bytes()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from ..utils import as_bool, write_atomic
+from ..utils import as_bool, sha256_file, write_atomic
 
 __all__ = [
     "AtomicDiskSaver",
@@ -408,14 +407,6 @@ class ResumableCheckpoint:
         logger.warning("No usable checkpoint in %s: training starts from scratch.", self.ckpt_dir)
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class BestModelCheckpoint:
     """Evaluator handler: write ``model.pt`` (the network's ``state_dict``) atomically when the key metric improves.
 
@@ -469,7 +460,7 @@ class BestModelCheckpoint:
         if best is not None and record.get("sha256") is None:  # written before records carried checksums
             logger.warning("%s has no checksum of %s; taken as it is.", self.record, self.path)
             return best
-        actual = _sha256(self.path)
+        actual = sha256_file(self.path)
         if best is not None and record["sha256"] == actual:
             return {**best, "sha256": actual}
         if isinstance(pending, dict) and pending.get("sha256") == actual:
@@ -506,7 +497,7 @@ class BestModelCheckpoint:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
             def announce(weights_tmp: str) -> None:  # the weights are durable, not yet named model.pt
-                record["sha256"] = _sha256(weights_tmp)
+                record["sha256"] = sha256_file(weights_tmp)
                 pending = {**(self.best or {}), "pending": record}
                 write_atomic(self.record, lambda f: f.write(json.dumps(pending).encode()), key="ckpt_dir")
 

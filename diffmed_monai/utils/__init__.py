@@ -8,6 +8,7 @@ from .files import (
     case_id_of,
     fsync_dir,
     path_inside,
+    sha256_file,
     strip_nifti_ext,
     write_atomic,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "parse_flags",
     "path_inside",
     "resampled_shape",
+    "sha256_file",
     "strip_nifti_ext",
     "write_atomic",
 ]

@@ -8,6 +8,7 @@ write outside the folder the user named.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -21,6 +22,7 @@ __all__ = [
     "case_id_of",
     "fsync_dir",
     "path_inside",
+    "sha256_file",
     "strip_nifti_ext",
     "write_atomic",
 ]
@@ -84,6 +86,15 @@ def case_id_of(case: Mapping, base_dir: str | None = None, where: str = "datalis
     if isinstance(image, (list, tuple)) and len(image) > 1 and "_" in name:
         name = name.rsplit("_", 1)[0]
     return case_file_name(name, None, where)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 16 MiB blocks (a checkpoint never sits in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def path_inside(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
