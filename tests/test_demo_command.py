@@ -56,3 +56,5 @@ def test_demo_command_writes_label_maps_metrics_and_pictures(tmp_path):
     assert progress.is_file()
     for path in [*pictures, *evaluation, progress]:
         assert path.read_bytes().startswith(b"\x89PNG") and str(path) in out
+    listed = out.split("evaluation pictures", 1)[1]  # the training curves are not listed as a case picture
+    assert str(progress) not in listed and all(str(p) in listed for p in evaluation)

@@ -26,3 +26,12 @@ def test_progress_plot_records_each_epoch_and_writes_a_png(tmp_path):
     png = tmp_path / "out" / "progress.png"
     assert png.read_bytes().startswith(b"\x89PNG")
     assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_dice_curves_take_their_class_colour_from_the_case_pictures():
+    from diffmed_monai.engines import ProgressPlot
+    from diffmed_monai.transforms.pictures import class_colour
+
+    plot = ProgressPlot("unused.png", validator=None, class_names=["background", "ncr", "ed", "et"])
+    assert [plot.colour_of(f"dice_{n}") for n in ("ncr", "ed", "et")] == [class_colour(i) for i in (1, 2, 3)]
+    assert plot.colour_of("val_mean_dice") is None and plot.colour_of("dice_tc") is None  # greys, dashed

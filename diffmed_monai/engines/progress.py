@@ -15,6 +15,7 @@ from ignite.engine import Events
 from monai.utils import optional_import
 
 from ..losses import LOSS_PARTS
+from ..transforms.pictures import class_colour
 from ..utils import write_atomic
 
 __all__ = ["AGREEMENT_PREFIX", "KDAgreement", "ProgressPlot"]
@@ -59,6 +60,9 @@ class KDAgreement:
 
 logger = logging.getLogger(__name__)
 
+#: curves of the Dice panel that are not a class (the mean, BraTS regions)
+_GREYS = ("#000000", "#666666", "#999999", "#bbbbbb")
+
 
 class ProgressPlot:
     """Trainer handler: mean ``loss`` and loss parts per epoch, and the validator's Dice metrics, drawn to ``path``.
@@ -70,11 +74,14 @@ class ProgressPlot:
     Args:
         path: the PNG to write (e.g. ``<output_dir>/progress.png``).
         validator: the evaluator whose ``engine.state.metrics`` with ``dice`` in their names are plotted.
+        class_names: the label classes (config key ``class_names``, background first): the curve ``dice_<class>``
+            takes that class's colour in the case pictures' overlays (:func:`~diffmed_monai.transforms.class_colour`).
     """
 
-    def __init__(self, path: str, validator) -> None:
+    def __init__(self, path: str, validator, class_names=None) -> None:
         self.path = path
         self.validator = validator
+        self.class_names = list(class_names or [])
         self.sums: dict[str, float] = defaultdict(float)
         self.count = 0
         self.losses: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -116,6 +123,13 @@ class ProgressPlot:
                 self.agreement[name[len(AGREEMENT_PREFIX):]].append((epoch, float(value)))
         self.write()
 
+    def colour_of(self, metric: str) -> str | None:
+        """``dice_<class>``: that class's overlay colour; other metrics (the mean, regions): ``None``."""
+        name = metric[len("dice_"):] if metric.startswith("dice_") else None
+        if name in self.class_names[1:]:
+            return class_colour(self.class_names.index(name))
+        return None
+
     def write(self) -> None:
         """Draw the panels (losses on a log scale, Dice, and the KD agreement when there is one) to :attr:`path`."""
         if not self.has_matplotlib:
@@ -130,8 +144,13 @@ class ProgressPlot:
         for key, points in self.losses.items():
             loss_axis.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
         loss_axis.set(xlabel="epoch", ylabel="mean over the epoch", title="training loss", yscale="log")
+        others = 0
         for key, points in self.dice.items():
-            dice_axis.plot(*zip(*points), label=key, marker="o")
+            colour = self.colour_of(key)
+            if colour is None:  # the mean and the regions: greys, dashed, never a class's colour
+                colour, others = _GREYS[others % len(_GREYS)], others + 1
+            dice_axis.plot(*zip(*points), label=key, marker="o", color=colour,
+                           linestyle="-" if self.colour_of(key) else "--")
         dice_axis.set(xlabel="epoch", ylabel="Dice", title="validation", ylim=(0, 1))
         if self.agreement:
             for key, points in self.agreement.items():

@@ -34,6 +34,12 @@ _VIEWS = ("axial", "coronal", "sagittal")
 _COLOURS = ("#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#00ced1")
 
 
+def class_colour(index: int) -> str:
+    """The colour of foreground class ``index`` (1, 2, ...) in every picture: the overlays, their legends and the
+    per-class Dice curves of ``progress.png``."""
+    return _COLOURS[(index - 1) % len(_COLOURS)]
+
+
 def default_png_modalities(modalities: Sequence[str]) -> list[str]:
     """FLAIR and T1c by their usual names (BraTS 2021 ``flair``/``t1ce``, 2023 ``t2f``/``t1c``), else the first
     two modalities."""
@@ -207,7 +213,7 @@ class SaveCasePNGd(MapTransform):
     def _draw(self, case_id, image, pred, label, centre, present, spacing):
         plt = self.plt
         plt.switch_backend("Agg")
-        colours = [_COLOURS[(c - 1) % len(_COLOURS)] for c in range(1, len(self.class_names))]
+        colours = [class_colour(c) for c in range(1, len(self.class_names))]
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
