@@ -138,17 +138,9 @@ def run_one(run_dir: Path, variant: str, common: dict, configs: Path, preset_fil
         peer_train, peer_infer = quality._peer_overrides("swinunetr2d", (128, 128, 128), swinunetr_feature_size, 8)
         train_override.update(peer_train)
         infer_override.update(peer_infer)
-    workflow = quality._workflow(BUNDLE_DIR, [str(configs / "train.json"), *preset_files], "train", **train_override)
-    parser = workflow.parser
-    budget = quality.CPUTimeBudget(budget_s)
-    budget.attach(parser.get_parsed_content("train#trainer"))
-    workflow.run()
-    network = parser.get_parsed_content("network")
-    ckpt = run_dir / "models" / "model.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), ckpt)
+    parser, budget = quality.train_for_budget(BUNDLE_DIR, [str(configs / "train.json"), *preset_files], budget_s,
+                                              run_dir, **train_override)
     agreement = parser.get_parsed_content("loss").agreement() if variant != "swinunetr2d" else {}
-    workflow.finalize()
     inference = quality._workflow(BUNDLE_DIR, [str(configs / "inference.json"), *preset_files], "infer",
                                   **infer_override)
     inference.run()

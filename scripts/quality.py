@@ -47,7 +47,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import compute_dice
 from scipy import ndimage
 
@@ -170,6 +170,23 @@ def _workflow(bundle: Path, configs: list[str], workflow_type: str, **override) 
     )
     workflow.initialize()
     return workflow
+
+
+def train_for_budget(bundle: Path, configs: list[str], budget_s: float, run_dir: Path,
+                     **override) -> tuple[ConfigParser, CPUTimeBudget]:
+    """Train the bundle of ``configs`` (with ``override``) until ``budget_s`` CPU seconds are spent, write the network's
+    ``state_dict`` to ``<run_dir>/models/model.pt`` (what ``inference.json`` reads); return the parser (its objects
+    stay usable) and the budget (``stats``: steps, CPU seconds)."""
+    workflow = _workflow(bundle, configs, "train", **override)
+    parser = workflow.parser
+    budget = CPUTimeBudget(budget_s)
+    budget.attach(parser.get_parsed_content("train#trainer"))
+    workflow.run()
+    ckpt = run_dir / "models" / "model.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(parser.get_parsed_content("network").state_dict(), ckpt)
+    workflow.finalize()
+    return parser, budget
 
 
 def brats_regions(label: np.ndarray, label_values: Sequence[int]) -> dict[str, np.ndarray]:
@@ -338,18 +355,10 @@ def main(
             label = {"swinunetr2d": f"MONAI SwinUNETR-2D (feature_size {swinunetr_feature_size})",
                      "segresnet3d": f"MONAI SegResNet-3D (init_filters {segresnet_init_filters})"}[model]
         logger.info("[%s] training for %.0f CPU seconds", model, budget_s)
-        workflow = _workflow(bundle, [str(configs / "train.json"), *preset_files], "train", **train_override)
-        parser = workflow.parser
+        parser, budget = train_for_budget(bundle, [str(configs / "train.json"), *preset_files], budget_s, run_dir,
+                                          **train_override)
         if label_values is None:
             label_values = [int(v) for v in parser.get_parsed_content("label_values")]
-        budget = CPUTimeBudget(budget_s)
-        budget.attach(parser.get_parsed_content("train#trainer"))
-        workflow.run()
-        network = parser.get_parsed_content("network")
-        ckpt = run_dir / "models" / "model.pt"
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(network.state_dict(), ckpt)
-        workflow.finalize()
         logger.info("[%s] trained: %s", model, budget.stats)
 
         logger.info("[%s] segmenting %d held-out case(s)", model, len(test_cases))
