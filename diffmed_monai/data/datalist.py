@@ -314,12 +314,12 @@ def read_datalist(path: str, list_key: str, base_dir: str | None = None, key: st
     return load_decathlon_datalist(path, data_list_key=list_key, base_dir=base_dir)
 
 
-def datalist_entries(path: str, list_key: str, key: str = "datalist") -> list[dict]:
+def datalist_entries(path: str, list_key: str, key: str = "datalist", optional: bool = False) -> list[dict]:
     """The ``list_key`` list of the datalist JSON ``path`` as written (paths not joined).
 
-    A missing or unreadable file, invalid JSON (a truncated file), a missing list or entries that are not dicts
-    with ``image`` are a ``ValueError`` naming the file, the line and the config ``key`` (MONAI's loader would
-    raise a bare ``JSONDecodeError``).
+    A missing or unreadable file, invalid JSON (a truncated file), a missing list (``[]`` instead when
+    ``optional``) or entries that are not dicts with ``image`` are a ``ValueError`` naming the file, the line and
+    the config ``key`` (MONAI's loader would raise a bare ``JSONDecodeError``).
     """
     path = os.fspath(path)
     try:
@@ -332,6 +332,8 @@ def datalist_entries(path: str, list_key: str, key: str = "datalist") -> list[di
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"Datalist {path!r} is not valid JSON ({err}); the file is truncated or was edited by "
                          f"hand: fix it or write it again with prepare_datalist (config key `{key}`).") from None
+    if optional and isinstance(content, dict) and content.get(list_key) is None:
+        return []
     if not isinstance(content, dict) or not isinstance(content.get(list_key), list):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"Datalist {path!r} has no {list_key!r} list (it holds {found}; config key `{key}`).")
@@ -453,15 +455,12 @@ def load_unlabelled_datalist(
     store a case without a label (its label slices are all 0 and the training loss gives them KD only). Paths are
     joined to ``base_dir`` as ``monai.data.load_decathlon_datalist`` joins them.
     """
-    from monai.data import load_decathlon_datalist
-
     if not enabled:
         return []
-    with open(datalist) as f:
-        content = json.load(f)
-    if not content.get(key):
+    entries = datalist_entries(datalist, key, optional=True)  # readable JSON, dicts with 'image'
+    if not entries:
         return []
-    bad = [c for c in content[key] if not isinstance(c, dict) or "image" not in c or c.get("label")]
+    bad = [c for c in entries if c.get("label")]
     if bad:
         raise ValueError(
             f"{datalist}: entries of {key!r} must be dicts with 'image' and no 'label' (labelled cases belong in "
