@@ -54,6 +54,7 @@ from diffmed_monai.data import make_demo_dataset, scan_brats, write_datalist
 from diffmed_monai.data.demo import DEMO_MODALITIES as DEMO_MODALITIES_ORDER
 from diffmed_monai.data import case_id_of
 from diffmed_monai.transforms.io import output_path_for
+from diffmed_monai.utils import parse_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (scripts/quality.py: the budget, the peers, the scoring)
@@ -164,8 +165,17 @@ def _spread(values: Sequence[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
+def _mean_dice(result: dict) -> float:
+    return float(np.mean([result["mean"][g]["dice"] for g in REGIONS]))
+
+
 def summarise(runs: dict, probes: dict, settings: dict) -> str:
-    """Markdown: one table per number of labelled cases, mean ± sd over seeds (sample sd)."""
+    """Markdown: one table per number of labelled cases, mean ± sd over seeds (sample sd).
+
+    ``Δ vs (a)``: the mean Dice minus that of ``no_kd`` with the same labelled cases and seed (same initialisation
+    and slice order), mean ± sd over the seeds both ran: the paired comparison. Each run's mean Dice per seed is
+    listed under the table.
+    """
     lines = [
         f"Hard phantoms at {settings['spacing']} mm, presets {settings['presets']}, {settings['num_test']} held-out "
         f"cases, {settings['num_unlabelled']} unlabelled, seeds {settings['seeds']}; each run {settings['budget_s']} s "
@@ -173,27 +183,34 @@ def summarise(runs: dict, probes: dict, settings: dict) -> str:
     ]
     for n in settings["labelled"]:
         lines += [f"**{n} labelled case(s)**", "",
-                  "| variant | mean Dice | Dice ET / TC / WT | HD95 ET / TC / WT (mm) | steps | CPU s | agreement |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | seeds | mean Dice | Δ vs (a) | Dice ET / TC / WT | HD95 ET / TC / WT (mm) | steps | CPU s "
+                  "| agreement |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        per_seed = []
         for variant in settings["variants"]:
-            results = [runs[(variant, n, s)] for s in settings["seeds"] if (variant, n, s) in runs]
+            seeds = [s for s in settings["seeds"] if (variant, n, s) in runs]
+            results = [runs[(variant, n, s)] for s in seeds]
             if not results:
                 continue
-            mean_dice = [float(np.mean([r["mean"][g]["dice"] for g in REGIONS])) for r in results]
+            mean_dice = [_mean_dice(r) for r in results]
+            paired = [_mean_dice(runs[(variant, n, s)]) - _mean_dice(runs[("no_kd", n, s)])
+                      for s in seeds if ("no_kd", n, s) in runs]
+            delta = "-" if variant == "no_kd" or not paired else _spread(paired, 3)
             dice = " / ".join(_spread([r["mean"][g]["dice"] for r in results], 3) for g in REGIONS)
             hd = " / ".join(_spread([r["mean"][g]["hd95"] for r in results], 1) for g in REGIONS)
             steps = _spread([r["training"]["iterations"] for r in results], 0)
             cpu = _spread([r["training"]["cpu_s"] for r in results], 0)
             agree = [float(np.mean(list(r["agreement"].values()))) for r in results if r["agreement"]]
-            lines.append(f"| {VARIANTS[variant][0]} | {_spread(mean_dice, 3)} | {dice} | {hd} | {steps} | {cpu} | "
-                         f"{_spread(agree, 3) if agree else '-'} |")
+            lines.append(f"| {VARIANTS[variant][0]} | {len(seeds)} | {_spread(mean_dice, 3)} | {delta} | {dice} | {hd} "
+                         f"| {steps} | {cpu} | {_spread(agree, 3) if agree else '-'} |")
+            per_seed.append(f"{variant} " + ", ".join(f"s{s} {d:.3f}" for s, d in zip(seeds, mean_dice)))
         for name, label in (("teacher", "made teacher"), ("random", "random twin")):
             if n in probes:
                 mean = probes[n][name]["mean"]
                 lines.append(f"| linear probe of the {label}'s tokens (token resolution) | "
-                             f"{probes[n][name]['mean_dice']:.3f} | "
+                             f"- | {probes[n][name]['mean_dice']:.3f} | - | "
                              + " / ".join(f"{mean[g]:.3f}" for g in REGIONS) + " | - | - | - | - |")
-        lines.append("")
+        lines += ["", "Mean Dice per seed: " + "; ".join(per_seed) + ".", ""]
     lines.append("agreement: mean cosine, over the run's training batches and the modalities, between the KD-trained "
                  "student tokens and the standardised teacher tokens (of the run's own teacher).")
     return "\n".join(lines) + "\n"
@@ -221,8 +238,12 @@ def main(
     swinunetr_feature_size: int = 12,
     probe: bool = True,
     data_seed: int = 0,
+    train_missing: bool = True,
 ) -> dict:
     """Run every variant for every number of labelled cases and seed; write and print the table.
+
+    ``train_missing`` False trains nothing: the table is written from the runs already cached in ``workdir`` (e.g.
+    by several processes that each ran a part; missing runs are listed and left out of the means).
 
     ``labelled_pool``: how many phantoms are set aside as the labelled pool (default ``max(labelled)``; give the
     full run's value to run a subset on the same unlabelled and held-out cases). ``spacing`` and ``roi_size`` must
@@ -254,6 +275,7 @@ def main(
         Path(f).read_bytes() for f in [configs / "train.json", configs / "inference.json", *preset_files])).hexdigest()
     runs: dict = {}
     probes: dict = {}
+    missing: list[str] = []
     for n in labelled:
         datalist = write_split(data_dir / f"datalist_L{n}.json", split, n)
         if probe:
@@ -278,6 +300,9 @@ def main(
                 if result_file.is_file() and json.loads(result_file.read_text()).get("key") == key:
                     runs[(variant, n, seed)] = json.loads(result_file.read_text())["result"]
                     continue
+                if not train_missing:
+                    missing.append(run_dir.name)
+                    continue
                 logger.info("[%s, %d labelled, seed %d] training for %.0f CPU s", variant, n, seed, budget_s)
                 result = run_one(run_dir, variant, common, configs, preset_files, split["test"], data_dir, budget_s,
                                  swinunetr_feature_size)
@@ -291,9 +316,11 @@ def main(
         "variants": variants, "budget_s": budget_s, "threads": threads, "presets": presets, "spacing": spacing,
         "slices_per_volume": slices_per_volume, "teacher_arch": teacher_arch, "teacher": teacher_meta,
         "device": f"CPU ({os.cpu_count()} logical cores visible), torch {torch.__version__}",
-        "wall_s_total": round(time.perf_counter() - started, 1), "command": " ".join(sys.argv),
+        "wall_s_total": round(time.perf_counter() - started, 1), "command": " ".join(sys.argv), "missing": missing,
     }
     table = summarise(runs, probes, settings)
+    if missing:
+        table += f"\nNot run (left out of the means): {', '.join(missing)}.\n"
     report = {"settings": settings, "probe": {str(n): p for n, p in probes.items()},
               "runs": {f"{v}_L{n}_s{s}": r for (v, n, s), r in runs.items()}}
     (work / "ablation.json").write_text(json.dumps(report, indent=2))
@@ -457,6 +484,6 @@ def diagnose(
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "diagnose":
-        fire.Fire(diagnose, command=sys.argv[2:], serialize=lambda report: None)
+        fire.Fire(parse_flags(diagnose), command=sys.argv[2:], serialize=lambda report: None)
     else:
-        fire.Fire(main, serialize=lambda report: None)  # the table is printed; the report is in ablation.json
+        fire.Fire(parse_flags(main), serialize=lambda report: None)  # the table is printed; the report is in ablation.json

@@ -56,6 +56,7 @@ from torch import nn
 from diffmed_monai.data.demo import DEMO_MODALITIES, make_demo_dataset
 from diffmed_monai.metrics.probe import load_probe_slices, token_fractions
 from diffmed_monai.networks.teacher import DINOv3Teacher, build_hf_teacher_model
+from diffmed_monai.utils import parse_flags
 
 logger = logging.getLogger("make_teacher")
 
@@ -288,4 +289,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main, serialize=lambda meta: None)
+    fire.Fire(parse_flags(main), serialize=lambda meta: None)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from diffmed_monai.utils import parse_flags
+
 from .helpers import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -40,6 +42,13 @@ def test_ablation_runs_end_to_end_and_writes_the_table(tmp_path):
     again = distillation_ablation.main(workdir=str(work), **ARGS)
     assert again["runs"] == json.loads(json.dumps(report["runs"]))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert "| Δ vs (a) |" in table and "Mean Dice per seed: no_kd s0 " in table
+    # the table of what is cached, a seed not run listed, nothing trained ("false" as typed on a command line)
+    command_line = parse_flags(distillation_ablation.main)  # as the script's entry point calls it
+    partial = command_line(workdir=str(work), **{**ARGS, "seeds": [0, 1]}, train_missing="false")
+    assert partial["settings"]["missing"] == [f"{v}_L1_s1" for v in ARGS["variants"]]
+    assert "Not run (left out of the means): no_kd_L1_s1" in (work / "ablation.md").read_text()
+    assert sorted(p.name for p in (work / "runs").iterdir()) == sorted(f"{v}_L1_s0" for v in ARGS["variants"])
 
     diagnosis = distillation_ablation.diagnose(workdir=str(work), steps=1, labelled_pool=1, num_unlabelled=1,
                                                num_test=1, slice_step=8, modes=["seg_only", "diffusion_feature"])
