@@ -364,6 +364,30 @@ def _ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_eval: torch.Tensor, y_
     return float(1 - residual / ((y_eval.double() - y_eval.double().mean(0)) ** 2).sum())
 
 
+def token_content(tokens: torch.Tensor, fractions: torch.Tensor) -> list[dict]:
+    """What per-channel standardisation makes of a teacher's tokens, per modality.
+
+    ``tokens`` ``(S, M, d, h, w)``, ``fractions`` ``(S, 3, h, w)`` (ET / TC / WT share of each patch). For each
+    modality: the ratio of the largest to the smallest channel standard deviation (standardisation gives every
+    channel equal weight in the KD loss), and the share of the tokens' variance a linear map from the region
+    fractions explains, before and after standardisation (R^2; the part of the KD target that is about the regions).
+    """
+    rows = fractions.permute(0, 2, 3, 1).reshape(-1, fractions.shape[1]).double()
+    design = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+
+    def explained(y: torch.Tensor) -> float:
+        residual = y - design @ torch.linalg.lstsq(design, y).solution
+        return round(float(1 - residual.pow(2).sum() / (y - y.mean(0)).pow(2).sum()), 4)
+
+    out = []
+    for m in range(tokens.shape[1]):
+        y = tokens[:, m].permute(0, 2, 3, 1).reshape(-1, tokens.shape[2]).double()
+        std = y.std(0).clamp_min(1e-6)
+        out.append({"channel_std_max_over_min": round(float(std.max() / std.min()), 2),
+                    "r2_regions_raw": explained(y), "r2_regions_standardised": explained((y - y.mean(0)) / std)})
+    return out
+
+
 def diagnose(
     workdir: str = "ablation_run",
     teacher_weights: str | None = None,
@@ -389,10 +413,12 @@ def diagnose(
     group, at initialisation and after training; (2) the norm of the KD gradient reaching u0 through the noisy path
     per timestep; (3) agreement with the standardised teacher tokens Z: mean cosine of u0 and of D(u0, seg_timestep)
     with Z, and the held-out R^2 of a ridge map from the fused student features (before the projection) to Z, i.e.
-    how much of the teacher's information the students themselves carry. Writes ``<workdir>/diagnosis.json``.
+    how much of the teacher's information the students themselves carry; (4) :func:`token_content` of the made
+    teacher and of a random one on the held-out slices (``modes`` may be empty for this alone). Writes
+    ``<workdir>/diagnosis.json``.
     """
     from diffmed_monai.losses import DiffMedLoss
-    from diffmed_monai.metrics.probe import load_probe_slices
+    from diffmed_monai.metrics.probe import load_probe_slices, token_fractions
     from diffmed_monai.networks import DiffMedDINOv3, DINOv3Teacher
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -411,6 +437,11 @@ def diagnose(
     net_kwargs = {k.split("#", 1)[1]: v for k, v in preset.items() if k.startswith("network_def#")}
     report: dict = {"settings": {"teacher": weights, "steps": steps, "batch_size": batch_size, "lr": learning_rate,
                                  "fit_slices": len(x_fit), "eval_slices": len(x_eval), "seed": seed}}
+    torch.manual_seed(seed)
+    random_teacher = DINOv3Teacher(None, arch=teacher_arch, random_init=True)
+    held_fractions = torch.cat([token_fractions(r) for _, r in held])
+    report["token_content"] = {name: token_content(t(x_eval), held_fractions)
+                               for name, t in (("made", teacher), ("random", random_teacher))}
 
     def fused(net, x):
         b, m, h, w = x.shape
@@ -482,8 +513,95 @@ def diagnose(
     return report
 
 
+# ------------------------------------------------------------------------------ what the trained students know
+def probe_students(
+    workdir: str = "ablation_run",
+    labelled: int = 2,
+    seeds: Sequence[int] = (0, 1),
+    variants: Sequence[str] = ("no_kd", "kd_random", "reg_made", "diff_made", "diff_made_unl"),
+    presets: Sequence[str] = ("tiny",),
+    spacing: float = 2.0,
+    roi_size: Sequence[int] = (96, 96),
+    slice_step: int = 1,
+    labelled_pool: int = 8,
+    num_unlabelled: int = 16,
+    num_test: int = 6,
+    threads: int = 1,
+) -> dict:
+    """Does the teacher's knowledge reach the trained students' tokens? The teacher's linear probe, on students.
+
+    ``python scripts/distillation_ablation.py probe_students --workdir ablation_run --labelled 2`` (after the
+    ablation's runs). For every run ``<variant>_L<labelled>_s<seed>`` in ``workdir``: the trained network
+    (``models/model.pt``, built from ``train.json`` + ``presets``) encodes the slices of the run's labelled cases
+    and of the held-out cases; the same linear probe as the teacher's (:mod:`diffmed_monai.metrics.probe`: fitted on
+    the labelled cases' tokens, fuzzy Dice of the ET / TC / WT patch fractions on the held-out ones) reads the
+    regions from the decoder's input D(u0, seg_timestep) ``(S, M * d, h, w)``, the stride-16 tokens the KD loss
+    shapes. A student probe above the teacher's means the labels already taught the students more, at token
+    resolution, than the teacher knows; KD from a made teacher raising it above KD from a random teacher means the
+    teacher's knowledge reached the students. Writes ``<workdir>/student_probe_L<labelled>.json``; prints a table.
+    """
+    from monai.bundle import ConfigParser
+
+    from diffmed_monai.metrics.probe import fit_linear_probe, load_probe_slices, probe_dice, token_fractions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(int(threads))
+    work = Path(workdir).resolve()
+    split = make_data(work / "data", int(labelled_pool), int(num_unlabelled), int(num_test), spacing, 0)
+    common = {"pixdim": (float(spacing),) * 3, "roi_size": roi_size, "slice_step": int(slice_step)}
+    fit = load_probe_slices(split["labelled"][: int(labelled)], str(work / "data"), **common)
+    held = load_probe_slices(split["test"], str(work / "data"), **common)
+    fit_fractions = torch.cat([token_fractions(r) for _, r in fit])
+    preset_files = [str(p if str(p).endswith(".json") else PRESETS_DIR / f"{p}.json") for p in presets]
+
+    def tokens(net: torch.nn.Module, slices: torch.Tensor) -> torch.Tensor:
+        out = [net(slices[i:i + 16], return_training_outputs=True)["denoised"].flatten(1, 2)
+               for i in range(0, len(slices), 16)]
+        return torch.cat(out).float()
+
+    rows: dict = {}
+    for variant in variants:
+        for seed in seeds:
+            model = work / "runs" / f"{variant}_L{int(labelled)}_s{int(seed)}" / "models" / "model.pt"
+            if not model.is_file():
+                logger.info("no %s: left out", model)
+                continue
+            parser = ConfigParser()
+            parser.read_config([str(BUNDLE_DIR / "configs" / "train.json"), *preset_files])
+            parser.update({"bundle_root": str(work), "dataset_dir": str(work / "data"), "teacher_arch": "tiny",
+                           "device": "$torch.device('cpu')"})
+            net = parser.get_parsed_content("network_def")
+            net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+            net.eval()
+            with torch.no_grad():
+                probe = fit_linear_probe(torch.cat([tokens(net, x) for x, _ in fit]), fit_fractions)
+                cases = [probe_dice(probe(tokens(net, x)), token_fractions(r)) for x, r in held]
+            mean = {g: float(np.mean([c[g] for c in cases])) for g in REGIONS}
+            rows.setdefault(variant, {})[int(seed)] = {"mean": mean, "mean_dice": float(np.mean(list(mean.values())))}
+            logger.info("[%s seed %d] student probe %s", variant, seed, {g: round(v, 3) for g, v in mean.items()})
+    teacher = json.loads((work / f"probe_L{int(labelled)}.json").read_text())
+    lines = [f"Linear probe (token resolution, fitted on {int(labelled)} labelled case(s), fuzzy Dice on "
+             f"{int(num_test)} held-out): students' D(u0, seg_timestep) tokens after training, and the teachers'.", "",
+             "| tokens of | mean | ET / TC / WT |", "|---|---|---|"]
+    for variant, by_seed in rows.items():
+        runs = list(by_seed.values())
+        lines.append(f"| students, {VARIANTS[variant][0]} ({len(runs)} seed(s)) | "
+                     f"{_spread([r['mean_dice'] for r in runs], 3)} | "
+                     + " / ".join(_spread([r["mean"][g] for r in runs], 3) for g in REGIONS) + " |")
+    for name, label in (("teacher", "made teacher (frozen)"), ("random", "random twin (frozen)")):
+        lines.append(f"| {label} | {teacher[name]['mean_dice']:.3f} | "
+                     + " / ".join(f"{teacher[name]['mean'][g]:.3f}" for g in REGIONS) + " |")
+    table = "\n".join(lines) + "\n"
+    report = {"labelled": int(labelled), "students": rows, "teacher": teacher["teacher"]["mean"],
+              "random": teacher["random"]["mean"], "table": table}
+    (work / f"student_probe_L{int(labelled)}.json").write_text(json.dumps(report, indent=2))
+    print(table, flush=True)
+    return report
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "diagnose":
-        fire.Fire(parse_flags(diagnose), command=sys.argv[2:], serialize=lambda report: None)
+    subcommands = {"diagnose": diagnose, "probe_students": probe_students}
+    if len(sys.argv) > 1 and sys.argv[1] in subcommands:
+        fire.Fire(parse_flags(subcommands[sys.argv[1]]), command=sys.argv[2:], serialize=lambda report: None)
     else:
         fire.Fire(parse_flags(main), serialize=lambda report: None)  # the table is printed; the report is in ablation.json

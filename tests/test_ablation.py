@@ -50,6 +50,13 @@ def test_ablation_runs_end_to_end_and_writes_the_table(tmp_path):
     assert "Not run (left out of the means): no_kd_L1_s1" in (work / "ablation.md").read_text()
     assert sorted(p.name for p in (work / "runs").iterdir()) == sorted(f"{v}_L1_s0" for v in ARGS["variants"])
 
+    students = distillation_ablation.probe_students(workdir=str(work), labelled=1, seeds=[0], labelled_pool=1,
+                                                    num_unlabelled=1, num_test=1, slice_step=8,
+                                                    variants=["no_kd", "diff_made_unl"])
+    for variant in ("no_kd", "diff_made_unl"):
+        assert 0 <= students["students"][variant][0]["mean_dice"] <= 1
+    assert "made teacher (frozen)" in students["table"] and (work / "student_probe_L1.json").is_file()
+
     diagnosis = distillation_ablation.diagnose(workdir=str(work), steps=1, labelled_pool=1, num_unlabelled=1,
                                                num_test=1, slice_step=8, modes=["seg_only", "diffusion_feature"])
     grads = diagnosis["diffusion_feature"]["grad_norms_step0"]
@@ -58,5 +65,9 @@ def test_ablation_runs_end_to_end_and_writes_the_table(tmp_path):
     by_t = diagnosis["diffusion_feature"]["grad_u0_by_t"]
     assert by_t[999]["grad_norm"] < by_t[1]["grad_norm"]
     assert -1 <= diagnosis["seg_only"]["cos_u0"] <= 1 and "ridge_r2_fused_to_teacher" in diagnosis["seg_only"]
+    for teacher in ("made", "random"):
+        content = diagnosis["token_content"][teacher]
+        assert len(content) == 4 and all(c["channel_std_max_over_min"] >= 1 for c in content)
+        assert all(c["r2_regions_raw"] <= 1 and c["r2_regions_standardised"] <= 1 for c in content)
     with pytest.raises(ValueError, match="Unknown variants"):
         distillation_ablation.main(workdir=str(work), **{**ARGS, "variants": ["nope"]})
