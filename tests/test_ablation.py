@@ -54,8 +54,9 @@ def test_ablation_runs_end_to_end_and_writes_the_table(tmp_path):
                                                     num_unlabelled=1, num_test=1, slice_step=8,
                                                     variants=["no_kd", "diff_made_unl"])
     for variant in ("no_kd", "diff_made_unl"):
-        assert 0 <= students["students"][variant][0]["mean_dice"] <= 1
-    assert "made teacher (frozen)" in students["table"] and (work / "student_probe_L1.json").is_file()
+        for measure in ("probe", "segmentation"):
+            assert 0 <= students["students"][variant][0][measure]["mean_dice"] <= 1
+    assert "made teacher (frozen)" in students["table"] and (work / "student_probe_L1_fit1.json").is_file()
 
     diagnosis = distillation_ablation.diagnose(workdir=str(work), steps=1, labelled_pool=1, num_unlabelled=1,
                                                num_test=1, slice_step=8, modes=["seg_only", "diffusion_feature"])

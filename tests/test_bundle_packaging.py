@@ -448,9 +448,11 @@ def test_check_and_pack_scripts(tmp_path):
                     reason="set DIFFMED_ZOO_DIR to a checkout of Project-MONAI/model-zoo to run its own CI scripts")
 @pytest.mark.slow
 def test_model_zoo_ci_scripts_on_the_packed_bundle(packed, tmp_path):
-    """The zoo's CI jobs as ``scripts/zoo_verify.py`` runs them (code format, premerge-cpu, premerge-gpu), with
-    this Python: the zip without weights fails at ``verify_bundle.py`` (``models/model.pt``), as in the zoo; packed
-    with weights of the shipped network (``--weights``, hosted through ``large_files.yml``), every step passes."""
+    """The zoo's CI jobs as ``scripts/zoo_verify.py`` runs them (code format, premerge-cpu, premerge-gpu): the zip
+    without weights fails at ``verify_bundle.py`` (``models/model.pt``), as in the zoo; packed with weights of the
+    shipped network (``--weights``, hosted through ``large_files.yml``), every step passes. The jobs' steps run with
+    this Python, or with ``DIFFMED_ZOO_PYTHON`` (e.g. a fresh empty venv's python) and the zoo's pip steps
+    (``--install True``: the zoo's requirements, then the bundle's pins, as its scripts install them)."""
     import torch
 
     zoo = Path(os.environ["DIFFMED_ZOO_DIR"])
@@ -459,6 +461,8 @@ def test_model_zoo_ci_scripts_on_the_packed_bundle(packed, tmp_path):
     zip_path, _ = packed
     cmd = [sys.executable, str(REPO / "scripts" / "zoo_verify.py"), "--zoo_dir", str(zoo), "--zip", str(zip_path),
            "--work_dir", str(tmp_path / "no_weights")]
+    if os.environ.get("DIFFMED_ZOO_PYTHON"):
+        cmd += ["--python", os.environ["DIFFMED_ZOO_PYTHON"], "--install", "True"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "FAIL  verify_bundle -m min" in proc.stdout and "models/model.pt is not existing" in proc.stdout
