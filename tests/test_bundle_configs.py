@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 
 from tests.helpers import BUNDLE, PRESETS, REPO
 
-TRAIN, EVALUATE = (BUNDLE / "configs" / f"{name}.json" for name in ("train", "evaluate"))
+TRAIN, INFER, EVALUATE = (BUNDLE / "configs" / f"{name}.json" for name in ("train", "inference", "evaluate"))
 TINY = PRESETS / "tiny.json"
 
 
@@ -38,6 +38,11 @@ def _parser(*files, **overrides) -> ConfigParser:
     parser.read_config([str(f) for f in files])
     parser.update(overrides)
     return parser
+
+
+def _types(compose) -> list:
+    """Class names of a ``Compose``'s transforms, nested ``Compose`` as a sub-list."""
+    return [_types(t) if type(t).__name__ == "Compose" else type(t).__name__ for t in compose.transforms]
 
 
 # ------------------------------------------------------------------------------------- training slice sampler
@@ -129,3 +134,33 @@ def test_evaluate_json_metrics_per_class_and_region(brats_regions):
     assert list(metrics) == per_class + (regions if brats_regions else [])
     assert list(_parser(TRAIN, TINY).get_parsed_content("validate#additional_metrics")) == [
         "dice_ncr", "dice_ed", "dice_et"]  # training's validation: Dice only
+
+
+# ------------------------------------------------------------------------------- optional post-processing
+
+@pytest.mark.parametrize("save_png, et_min_volume", [(False, 0.0), (True, 100.0)])
+def test_inference_postprocessing_leaves_out_disabled_steps(tmp_path, save_png, et_min_volume):
+    chain = _parser(INFER, TINY, bundle_root=str(tmp_path), save_png=str(save_png).lower(),
+                    et_min_volume=et_min_volume).get_parsed_content("postprocessing")
+    relabel = ["RelabelSmallComponentsd"] if et_min_volume else []
+    copy, png = (["CopyItemsd"], [["Invertd", "SaveCasePNGd"]]) if save_png else ([], [])
+    assert _types(chain) == ["Activationsd", "Invertd", "AsDiscreted", *relabel, *copy, "MapLabelValued",
+                             "SaveLabelNiftid", *png]
+
+
+@pytest.mark.parametrize("save_png, brats_regions", [(False, True), (True, False)])
+def test_evaluate_postprocessing_leaves_out_disabled_steps(tmp_path, save_png, brats_regions):
+    chain = _parser(TRAIN, EVALUATE, TINY, bundle_root=str(tmp_path), save_png=save_png, brats_regions=brats_regions,
+                    et_min_volume=50.0).get_parsed_content("validate#postprocessing")
+    relabel = ["RelabelSmallComponentsd"] if brats_regions else []
+    png = [["Invertd", "SaveCasePNGd"]] if save_png else []
+    regions = [["CopyItemsd", "ConvertToMultiChannelBasedOnBratsClassesd", "SplitDimd"]] if brats_regions else []
+    assert _types(chain) == ["Invertd", "AsDiscreted", *relabel, *png, *regions, "AsDiscreted"]
+
+
+def test_training_validation_inverts_then_applies_the_training_postprocessing(tmp_path):
+    parser = _parser(TRAIN, TINY, bundle_root=str(tmp_path))
+    chain = parser.get_parsed_content("validate#postprocessing")
+    assert _types(chain) == ["Invertd", ["AsDiscreted"]]
+    assert chain.transforms[1] is parser.get_parsed_content("train#postprocessing")
+    assert _types(parser.get_parsed_content("validate#invert").transform) == ["DivisiblePadd"]
