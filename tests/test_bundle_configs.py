@@ -3,6 +3,7 @@ package functions the configs name instead of long expressions."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,30 @@ from monai.bundle import ConfigParser
 
 from tests.helpers import BUNDLE, PRESETS, REPO
 
+CONFIGS = sorted((BUNDLE / "configs").glob("*.json"))
 TRAIN, INFER, EVALUATE = (BUNDLE / "configs" / f"{name}.json" for name in ("train", "inference", "evaluate"))
 TINY = PRESETS / "tiny.json"
+MAX_EXPRESSION = 80
+
+
+def _expressions(value):
+    """Every ``$`` expression string in a parsed config, in order."""
+    if isinstance(value, str):
+        if value.startswith("$"):
+            yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _expressions(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _expressions(item)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_no_long_expressions(path):
+    """A computation longer than a line belongs in the package (a named, tested function), not in the JSON."""
+    long = [e for e in _expressions(json.loads(path.read_text())) if len(e) > MAX_EXPRESSION]
+    assert not long, f"{path.name}: $ expressions over {MAX_EXPRESSION} characters: {long}"
 
 
 def test_importing_the_package_is_cheap_and_reaches_every_subpackage():
