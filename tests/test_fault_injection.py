@@ -357,8 +357,13 @@ def test_every_boolean_config_key_goes_through_the_one_parser():
         for key, value in content.items():
             if isinstance(value, bool):  # a user-facing boolean key: parsed once, in `flags`
                 assert f"flags#{key}" in content or key in content.get("flags", {}), (config.name, key)
-        text = config.read_text()
-        for key in content.get("flags", {}):
+        flags = dict(content.get("flags", {}))
+        flags.update({k[len("flags#"):]: v for k, v in content.items() if k.startswith("flags#")})
+        for key, entry in flags.items():  # the one parse: as_bool of the raw key, naming it
+            parse = {"_target_": "diffmed_monai.utils.as_bool", "value": f"@{key}", "key": key}
+            assert entry == parse, (config.name, key)
+        text = json.dumps({k: v for k, v in content.items() if k != "flags" and not k.startswith("flags#")})
+        for key in flags:
             assert f'"@{key}"' not in text and f"@{key} " not in text, (config.name, key)  # only @flags#<key>
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(BUNDLE / "configs" / "evaluate.json"), str(TINY)])

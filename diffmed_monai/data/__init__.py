@@ -29,7 +29,14 @@ from .demo import (
     make_demo_data,
     make_demo_dataset,
 )
-from .slices import StoreSliceDataset, StoreSlices, StoreVolumeDataset, StoreVolumes, untracked_worker_init
+from .slices import (
+    StoreSliceDataset,
+    StoreSlices,
+    StoreVolumeDataset,
+    StoreVolumes,
+    untracked_worker_init,
+    weighted_slice_sampler,
+)
 from .store import (
     STORE_FORMAT_VERSION,
     CaseRecord,
@@ -82,5 +89,6 @@ __all__ = [
     "scan_isles22",
     "split_cases",
     "untracked_worker_init",
+    "weighted_slice_sampler",
     "write_datalist",
 ]

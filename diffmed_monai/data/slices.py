@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from monai.data import Dataset, set_track_meta, worker_init_fn
+from monai.data import Dataset, DistributedWeightedRandomSampler, set_track_meta, worker_init_fn
 
 from .store import CaseRecord, SliceStore
 
-__all__ = ["StoreSliceDataset", "StoreSlices", "StoreVolumeDataset", "StoreVolumes", "untracked_worker_init"]
+__all__ = ["StoreSliceDataset", "StoreSlices", "StoreVolumeDataset", "StoreVolumes", "untracked_worker_init",
+           "weighted_slice_sampler"]
 
 
 def untracked_worker_init(worker_id: int) -> None:
@@ -178,3 +179,31 @@ class StoreVolumeDataset(_StoreDataset):
 
     view = StoreVolumes
     default_datalist_key = "validate#datalist"
+
+
+def weighted_slice_sampler(
+    dataset: StoreSliceDataset,
+    slices_per_volume: int,
+    labelled_ratio: float,
+    unlabelled_share: float = 0.0,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DistributedWeightedRandomSampler:
+    """The training sampler (config key ``train#sampler``): MONAI's ``DistributedWeightedRandomSampler`` over
+    ``dataset``'s slices with :meth:`StoreSliceDataset.sampling_weights` ``(labelled_ratio, unlabelled_share)``.
+
+    An epoch draws ``slices_per_volume`` slices per case (labelled and unlabelled), as ``RandCropByPosNegLabeld``
+    with ``num_samples=slices_per_volume`` did per volume; under DDP the ``num_replicas`` ranks share them, each
+    drawing ``ceil(cases * slices_per_volume / num_replicas)`` slices (with replacement) from its own shard.
+    """
+    if int(slices_per_volume) < 1:
+        raise ValueError(f"`slices_per_volume` must be >= 1, got {slices_per_volume}.")
+    num_samples = -(-len(dataset.data.case_ids) * int(slices_per_volume) // int(num_replicas))
+    return DistributedWeightedRandomSampler(
+        dataset,
+        weights=dataset.sampling_weights(labelled_ratio, unlabelled_share),
+        num_samples_per_rank=num_samples,
+        even_divisible=False,
+        num_replicas=num_replicas,
+        rank=rank,
+    )

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.handlers import IgniteMetricHandler
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric
 from monai.utils import CommonKeys as Keys
 
 from .empty import check_empty_rule, dice_ignores_empty
 from .hd95 import HausdorffDistance95
 
-__all__ = ["channel_output_transform", "segmentation_metrics"]
+__all__ = ["BRATS_REGIONS", "brats_region_metrics", "channel_output_transform", "segmentation_metrics"]
+
+#: The BraTS regions, in the order of ``ConvertToMultiChannelBasedOnBratsClassesd``'s channels.
+BRATS_REGIONS = ("tc", "wt", "et")
 
 
 def channel_output_transform(channel: int, pred_key: str = Keys.PRED, label_key: str = Keys.LABEL) -> Callable:
@@ -39,7 +42,7 @@ def segmentation_metrics(
     """Handlers ``{dice_<class>, hd95_<class>}`` for every foreground class of ``class_names`` (any data set).
 
     Each reads channel c of the one-hot ``pred``/``label``. ``hd95=False`` gives Dice only (cheap enough for
-    validation during training). The BraTS regions are written out in ``evaluate.json``.
+    validation during training). The BraTS regions: :func:`brats_region_metrics`.
 
     ``empty`` (config key ``metric_empty_rule``): how a structure absent from one or both masks is scored,
     ``"brats"`` or ``"monai"`` (:mod:`diffmed_monai.metrics.empty`).
@@ -55,4 +58,30 @@ def segmentation_metrics(
         if hd95:
             distance = HausdorffDistance95(spacing, empty=empty)
             metrics[f"hd95_{name}"] = IgniteMetricHandler(metric_fn=distance, output_transform=transform)
+    return metrics
+
+
+def brats_region_metrics(
+    spacing: Sequence[float] | None = None,
+    hd95: bool = True,
+    empty: str = "brats",
+    pred_key: str = "pred_regions",
+    label_key: str = "label_regions",
+) -> dict:
+    """Handlers ``{dice_region_<r>, hd95_region_<r>}`` for the BraTS regions ``r`` = tc, wt, et (config key
+    ``validate#region_metrics`` of ``evaluate.json``).
+
+    Each reads the binary ``(1, H, W, D)`` masks ``<pred_key>_<r>`` / ``<label_key>_<r>`` that ``evaluate.json``
+    splits from ``ConvertToMultiChannelBasedOnBratsClassesd``'s channels; ``hd95=False`` gives Dice only.
+    ``empty`` as in :func:`segmentation_metrics`.
+    """
+    check_empty_rule(empty)
+    metrics: dict = {}
+    for region in BRATS_REGIONS:
+        transform = from_engine([f"{pred_key}_{region}", f"{label_key}_{region}"])
+        dice = DiceMetric(include_background=True, ignore_empty=dice_ignores_empty(empty))
+        metrics[f"dice_region_{region}"] = IgniteMetricHandler(metric_fn=dice, output_transform=transform)
+        if hd95:
+            distance = HausdorffDistance95(spacing, empty=empty)
+            metrics[f"hd95_region_{region}"] = IgniteMetricHandler(metric_fn=distance, output_transform=transform)
     return metrics
