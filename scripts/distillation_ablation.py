@@ -169,6 +169,11 @@ def _mean_dice(result: dict) -> float:
     return float(np.mean([result["mean"][g]["dice"] for g in REGIONS]))
 
 
+def _mean_fp(result: dict, region: str) -> float:
+    """Mean over the held-out cases of the predicted components of ``region`` that touch no reference voxel."""
+    return float(np.mean([case[region]["fp_components"] for case in result["cases"].values()]))
+
+
 def summarise(runs: dict, probes: dict, settings: dict) -> str:
     """Markdown: one table per number of labelled cases, mean ± sd over seeds (sample sd).
 
@@ -183,9 +188,9 @@ def summarise(runs: dict, probes: dict, settings: dict) -> str:
     ]
     for n in settings["labelled"]:
         lines += [f"**{n} labelled case(s)**", "",
-                  "| variant | seeds | mean Dice | Δ vs (a) | Dice ET / TC / WT | HD95 ET / TC / WT (mm) | steps | CPU s "
-                  "| agreement |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | seeds | mean Dice | Δ vs (a) | Dice ET / TC / WT | HD95 ET / TC / WT (mm) "
+                  "| false-positive components ET / TC / WT | steps | CPU s | agreement |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         per_seed = []
         for variant in settings["variants"]:
             seeds = [s for s in settings["seeds"] if (variant, n, s) in runs]
@@ -198,18 +203,19 @@ def summarise(runs: dict, probes: dict, settings: dict) -> str:
             delta = "-" if variant == "no_kd" or not paired else _spread(paired, 3)
             dice = " / ".join(_spread([r["mean"][g]["dice"] for r in results], 3) for g in REGIONS)
             hd = " / ".join(_spread([r["mean"][g]["hd95"] for r in results], 1) for g in REGIONS)
+            fp = " / ".join(_spread([_mean_fp(r, g) for r in results], 1) for g in REGIONS)
             steps = _spread([r["training"]["iterations"] for r in results], 0)
             cpu = _spread([r["training"]["cpu_s"] for r in results], 0)
             agree = [float(np.mean(list(r["agreement"].values()))) for r in results if r["agreement"]]
             lines.append(f"| {VARIANTS[variant][0]} | {len(seeds)} | {_spread(mean_dice, 3)} | {delta} | {dice} | {hd} "
-                         f"| {steps} | {cpu} | {_spread(agree, 3) if agree else '-'} |")
+                         f"| {fp} | {steps} | {cpu} | {_spread(agree, 3) if agree else '-'} |")
             per_seed.append(f"{variant} " + ", ".join(f"s{s} {d:.3f}" for s, d in zip(seeds, mean_dice)))
         for name, label in (("teacher", "made teacher"), ("random", "random twin")):
             if n in probes:
                 mean = probes[n][name]["mean"]
                 lines.append(f"| linear probe of the {label}'s tokens (token resolution) | "
                              f"- | {probes[n][name]['mean_dice']:.3f} | - | "
-                             + " / ".join(f"{mean[g]:.3f}" for g in REGIONS) + " | - | - | - | - |")
+                             + " / ".join(f"{mean[g]:.3f}" for g in REGIONS) + " | - | - | - | - | - |")
         lines += ["", "Mean Dice per seed: " + "; ".join(per_seed) + ".", ""]
     lines.append("agreement: mean cosine, over the run's training batches and the modalities, between the KD-trained "
                  "student tokens and the standardised teacher tokens (of the run's own teacher).")

@@ -43,6 +43,7 @@ def test_ablation_runs_end_to_end_and_writes_the_table(tmp_path):
     assert again["runs"] == json.loads(json.dumps(report["runs"]))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert "| Δ vs (a) |" in table and "Mean Dice per seed: no_kd s0 " in table
+    assert "| false-positive components ET / TC / WT |" in table
     # the table of what is cached, a seed not run listed, nothing trained ("false" as typed on a command line)
     command_line = parse_flags(distillation_ablation.main)  # as the script's entry point calls it
     partial = command_line(workdir=str(work), **{**ARGS, "seeds": [0, 1]}, train_missing="false")
