@@ -3,6 +3,9 @@
 
     OMP_NUM_THREADS=1 python scripts/distillation_ablation.py --workdir ablation_run          # defaults below
     python scripts/distillation_ablation.py --workdir a --teacher_weights made/teacher_timm.pth --budget_s 120
+    python scripts/distillation_ablation.py --workdir ablation_run --train_missing False   # table of cached runs
+    python scripts/distillation_ablation.py probe_students --workdir ablation_run --labelled 2 --fit_cases 8
+    python scripts/distillation_ablation.py diagnose --workdir ablation_run                 # the KD-path measurements
 
 One command: hard phantoms (``make_demo_dataset(..., difficulty="hard")``, the BraTS field of view 240 x 240 x 155 mm
 at ``--spacing`` mm, seed ``--seed``: case seeds ``seed * 1000 + i``) split into a labelled pool (the first
@@ -230,15 +233,15 @@ def main(
     num_test: int = 6,
     seeds: Sequence[int] = (0, 1),
     variants: Sequence[str] = tuple(VARIANTS),
-    budget_s: float = 60.0,
+    budget_s: float = 240.0,
     threads: int = 1,
     presets: Sequence[str] = ("tiny",),
     spacing: float = 2.0,
     slices_per_volume: int = 8,
     teacher_arch: str = "tiny",
     teacher_weights: str | None = None,
-    teacher_budget_s: float = 300.0,
-    teacher_steps: int = 2000,
+    teacher_budget_s: float = 600.0,
+    teacher_steps: int = 3000,
     teacher_pool_cases: int = 16,
     roi_size: Sequence[int] = (96, 96),
     swinunetr_feature_size: int = 12,
