@@ -461,9 +461,11 @@ def test_model_zoo_ci_scripts_on_the_packed_bundle(packed, tmp_path):
     zip_path, _ = packed
     cmd = [sys.executable, str(REPO / "scripts" / "zoo_verify.py"), "--zoo_dir", str(zoo), "--zip", str(zip_path),
            "--work_dir", str(tmp_path / "no_weights")]
-    if os.environ.get("DIFFMED_ZOO_PYTHON"):
+    timeout = 3600
+    if os.environ.get("DIFFMED_ZOO_PYTHON"):  # two virtual environments of several GB to fill: allow hours
         cmd += ["--python", os.environ["DIFFMED_ZOO_PYTHON"], "--install", "True"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        timeout = 4 * 3600
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "FAIL  verify_bundle -m min" in proc.stdout and "models/model.pt is not existing" in proc.stdout
     assert "PASS  code format" in proc.stdout and "fake" not in proc.stdout.lower()
@@ -478,7 +480,7 @@ def test_model_zoo_ci_scripts_on_the_packed_bundle(packed, tmp_path):
                                weights=str(weights), weights_url="https://example.org/model.pt")
     cmd[cmd.index("--zip") + 1] = with_weights
     cmd[cmd.index("--work_dir") + 1] = str(tmp_path / "weights")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     for step in ("code format", "verify_bundle -m min", "verify_bundle (full)", "unit test"):
         assert f"PASS  {step}" in proc.stdout, step
