@@ -47,12 +47,15 @@ def segmentation_metrics(
     ``empty`` (config key ``metric_empty_rule``): how a structure absent from one or both masks is scored,
     ``"brats"`` or ``"monai"`` (:mod:`diffmed_monai.metrics.empty`).
     """
+    transforms = {name: channel_output_transform(c) for c, name in enumerate(class_names) if c > 0}
+    return _dice_and_hd95(transforms, spacing, hd95, empty)
+
+
+def _dice_and_hd95(transforms: dict[str, Callable], spacing: Sequence[float] | None, hd95: bool, empty: str) -> dict:
+    """``{name: output_transform}`` -> handlers ``{dice_<name>, hd95_<name>}`` (HD95 only with ``hd95``)."""
     check_empty_rule(empty)
     metrics: dict = {}
-    for channel, name in enumerate(class_names):
-        if channel == 0:
-            continue
-        transform = channel_output_transform(channel)
+    for name, transform in transforms.items():
         dice = DiceMetric(include_background=True, ignore_empty=dice_ignores_empty(empty))
         metrics[f"dice_{name}"] = IgniteMetricHandler(metric_fn=dice, output_transform=transform)
         if hd95:
@@ -75,13 +78,5 @@ def brats_region_metrics(
     splits from ``ConvertToMultiChannelBasedOnBratsClassesd``'s channels; ``hd95=False`` gives Dice only.
     ``empty`` as in :func:`segmentation_metrics`.
     """
-    check_empty_rule(empty)
-    metrics: dict = {}
-    for region in BRATS_REGIONS:
-        transform = from_engine([f"{pred_key}_{region}", f"{label_key}_{region}"])
-        dice = DiceMetric(include_background=True, ignore_empty=dice_ignores_empty(empty))
-        metrics[f"dice_region_{region}"] = IgniteMetricHandler(metric_fn=dice, output_transform=transform)
-        if hd95:
-            distance = HausdorffDistance95(spacing, empty=empty)
-            metrics[f"hd95_region_{region}"] = IgniteMetricHandler(metric_fn=distance, output_transform=transform)
-    return metrics
+    transforms = {f"region_{r}": from_engine([f"{pred_key}_{r}", f"{label_key}_{r}"]) for r in BRATS_REGIONS}
+    return _dice_and_hd95(transforms, spacing, hd95, empty)
