@@ -127,6 +127,22 @@ def made_teacher(workdir: Path, teacher_weights: str | None, arch: str, spacing:
     return str(out / "teacher_timm.pth"), {k: meta.get(k) for k in keys}
 
 
+def teacher_probe(work: Path, split: dict[str, list[dict]], n: int, teacher_arch: str, weights: str,
+                  spacing: float, roi_size: Sequence[int], num_test: int) -> dict:
+    """The linear probe of the teacher and its random twin fitted on the first ``n`` labelled cases, scored on the
+    held-out ones (``<work>/probe_L<n>.json``, computed once)."""
+    probe_file = work / f"probe_L{n}.json"
+    if not probe_file.is_file():
+        from diffmed_monai.metrics.probe import probe_teacher
+
+        datalist = write_split(work / "data" / f"datalist_L{n}.json", split, n)
+        probe_teacher(dataset_dir=str(work / "data"), datalist=str(datalist), teacher_arch=teacher_arch,
+                      teacher_weights=weights, pixdim=(float(spacing),) * 3, roi_size=roi_size,
+                      label_values=LABEL_VALUES, eval_key="testing", num_fit=n, num_eval=int(num_test),
+                      output=str(probe_file))
+    return json.loads(probe_file.read_text())
+
+
 def run_one(run_dir: Path, variant: str, common: dict, configs: Path, preset_files: list[str], test_cases: list[dict],
             data_dir: Path, budget_s: float, swinunetr_feature_size: int) -> dict:
     """Train one variant for ``budget_s`` CPU seconds, segment and score the held-out cases."""
@@ -288,15 +304,7 @@ def main(
     for n in labelled:
         datalist = write_split(data_dir / f"datalist_L{n}.json", split, n)
         if probe:
-            from diffmed_monai.metrics.probe import probe_teacher
-
-            probe_file = work / f"probe_L{n}.json"
-            if not probe_file.is_file():
-                probe_teacher(dataset_dir=str(data_dir), datalist=str(datalist), teacher_arch=teacher_arch,
-                              teacher_weights=weights, pixdim=(float(spacing),) * 3, roi_size=roi_size,
-                              label_values=LABEL_VALUES, eval_key="testing", num_fit=n, num_eval=int(num_test),
-                              output=str(probe_file))
-            probes[n] = json.loads(probe_file.read_text())
+            probes[n] = teacher_probe(work, split, n, teacher_arch, weights, spacing, roi_size, num_test)
         for seed in seeds:
             for variant in variants:
                 run_dir = work / "runs" / f"{variant}_L{n}_s{seed}"
@@ -449,8 +457,8 @@ def diagnose(
     torch.manual_seed(seed)
     random_teacher = DINOv3Teacher(None, arch=teacher_arch, random_init=True)
     held_fractions = torch.cat([token_fractions(r) for _, r in held])
-    report["token_content"] = {name: token_content(t(x_eval), held_fractions)
-                               for name, t in (("made", teacher), ("random", random_teacher))}
+    report["token_content"] = {"made": token_content(z_eval, held_fractions),
+                               "random": token_content(random_teacher(x_eval), held_fractions)}
 
     def fused(net, x):
         b, m, h, w = x.shape
@@ -547,6 +555,8 @@ def probe_students(
     num_test: int = 6,
     threads: int = 1,
     fit_cases: int | None = None,
+    teacher_arch: str = "tiny",
+    teacher_weights: str | None = None,
 ) -> dict:
     """Does the teacher's knowledge reach the trained students' tokens? The teacher's linear probe, on students.
 
@@ -562,7 +572,8 @@ def probe_students(
     measures the tokens more precisely. Also scored the same way: the network's own segmentation, its class
     probabilities turned into ET / TC / WT and averaged over each 16 x 16 patch; where that beats the teacher's probe,
     the labels already taught the network more about the regions, at the teacher's resolution, than the teacher's
-    tokens hold. Writes ``<workdir>/student_probe_L<labelled>_fit<fit_cases>.json``; prints a table.
+    tokens hold. ``teacher_weights``: the ablation's made teacher (default ``<workdir>/teacher/teacher_timm.pth``,
+    as the ablation makes it). Writes ``<workdir>/student_probe_L<labelled>_fit<fit_cases>.json``; prints a table.
     """
     from monai.bundle import ConfigParser
 
@@ -584,6 +595,11 @@ def probe_students(
                for i in range(0, len(slices), 16)]
         return torch.cat(out).float()
 
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_DIR / "configs" / "train.json"), *preset_files])
+    parser.update({"bundle_root": str(work), "dataset_dir": str(work / "data"), "teacher_arch": teacher_arch,
+                   "device": "$torch.device('cpu')"})
+    net = parser.get_parsed_content("network_def")  # every run's weights are loaded into this one network
     rows: dict = {}
     for variant in variants:
         for seed in seeds:
@@ -591,11 +607,6 @@ def probe_students(
             if not model.is_file():
                 logger.info("no %s: left out", model)
                 continue
-            parser = ConfigParser()
-            parser.read_config([str(BUNDLE_DIR / "configs" / "train.json"), *preset_files])
-            parser.update({"bundle_root": str(work), "dataset_dir": str(work / "data"), "teacher_arch": "tiny",
-                           "device": "$torch.device('cpu')"})
-            net = parser.get_parsed_content("network_def")
             net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
             net.eval()
             with torch.no_grad():
@@ -608,16 +619,8 @@ def probe_students(
                 entry[name] = {"mean": mean, "mean_dice": float(np.mean(list(mean.values())))}
             rows.setdefault(variant, {})[int(seed)] = entry
             logger.info("[%s seed %d] %s", variant, seed, entry)
-    teacher_file = work / f"probe_L{n_fit}.json"
-    if not teacher_file.is_file():
-        from diffmed_monai.metrics.probe import probe_teacher
-
-        datalist = write_split(work / "data" / f"datalist_L{n_fit}.json", split, n_fit)
-        probe_teacher(dataset_dir=str(work / "data"), datalist=str(datalist), teacher_arch="tiny",
-                      teacher_weights=str(work / "teacher" / "teacher_timm.pth"), pixdim=(float(spacing),) * 3,
-                      roi_size=roi_size, label_values=LABEL_VALUES, eval_key="testing", num_fit=n_fit,
-                      num_eval=int(num_test), output=str(teacher_file))
-    teacher = json.loads(teacher_file.read_text())
+    weights = teacher_weights or str(work / "teacher" / "teacher_timm.pth")
+    teacher = teacher_probe(work, split, n_fit, teacher_arch, weights, spacing, roi_size, num_test)
     lines = [f"Token resolution, fuzzy Dice of the ET / TC / WT patch fractions on {int(num_test)} held-out cases; "
              f"probes fitted on {n_fit} labelled case(s); students trained with {int(labelled)}.", "",
              "| tokens of | linear probe: mean | ET / TC / WT | the network's own segmentation, pooled: mean |",
@@ -644,4 +647,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in subcommands:
         fire.Fire(parse_flags(subcommands[sys.argv[1]]), command=sys.argv[2:], serialize=lambda report: None)
     else:
-        fire.Fire(parse_flags(main), serialize=lambda report: None)  # the table is printed; the report is in ablation.json
+        fire.Fire(parse_flags(main), serialize=lambda report: None)  # prints the table; the report is ablation.json
